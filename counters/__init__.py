@@ -1,0 +1,55 @@
+"""Durable, named counters as actors on Ray.
+
+    from counters import Namespace, Settings, start_ray
+
+    settings = Settings.load()
+    start_ray(settings)                 # or run inside a Ray job
+    counters = Namespace(settings)      # like the example's env.COUNTERS
+    await counters.get_by_name("A").increment()
+"""
+
+from .client import BlockingCounterStub, CounterStub, Namespace
+from .counter import Counter
+from .errors import (
+    ConfigError,
+    CountersError,
+    CountOutOfRange,
+    HostUnavailable,
+    InvalidAmount,
+    InvalidInput,
+    InvalidName,
+    LayoutMismatch,
+    OutcomeUnknown,
+    StorageFailed,
+    UnknownMethod,
+)
+from .object_storage import ObjectStorage
+from .operations import Operation, Outcome
+from .placement import Layout, Placement
+from .runtime import start_ray
+from .settings import Settings
+
+__all__ = [
+    "BlockingCounterStub",
+    "ConfigError",
+    "CountOutOfRange",
+    "Counter",
+    "CounterStub",
+    "CountersError",
+    "HostUnavailable",
+    "InvalidAmount",
+    "InvalidInput",
+    "InvalidName",
+    "Layout",
+    "LayoutMismatch",
+    "Namespace",
+    "ObjectStorage",
+    "Operation",
+    "Outcome",
+    "OutcomeUnknown",
+    "Placement",
+    "Settings",
+    "StorageFailed",
+    "UnknownMethod",
+    "start_ray",
+]

@@ -1,0 +1,34 @@
+"""The counter object: the example's Durable Object, method for method.
+
+Plain Python. It reads and writes its value through the storage it is given and never thinks
+about concurrency: its host runs one operation at a time, so read-modify-write is safe, as
+Durable Objects' input gates make it there.
+"""
+
+from __future__ import annotations
+
+from .object_storage import ObjectStorage
+from .validation import check_amount, check_count
+
+__all__ = ["Counter"]
+
+
+class Counter:
+    """A named 64-bit signed counter that starts at 0."""
+
+    def __init__(self, storage: ObjectStorage) -> None:
+        self.storage = storage
+
+    def get_counter_value(self) -> int:
+        value: int = self.storage.get("value", 0)
+        return value
+
+    def increment(self, amount: int = 1) -> int:
+        value = check_count(self.get_counter_value() + check_amount(amount))
+        self.storage.put("value", value)
+        return value
+
+    def decrement(self, amount: int = 1) -> int:
+        value = check_count(self.get_counter_value() - check_amount(amount))
+        self.storage.put("value", value)
+        return value

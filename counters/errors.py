@@ -1,0 +1,97 @@
+"""Every error `counters` raises, one tree.
+
+Each error knows the HTTP status the gateway answers with and whether the caller may simply
+send the same call again (``retry_safe``: the call changed nothing, so repeating it cannot
+apply a change twice). All of them take a single message argument, so they pickle unchanged
+across Ray's process boundaries.
+
+    CountersError
+    ├── InvalidInput              400  the request itself is wrong; nothing changed
+    │   ├── InvalidName           400  empty, too long, or with control characters
+    │   ├── InvalidAmount         400  not an integer, or outside the signed 64-bit range
+    │   └── UnknownMethod         400  the object has no such RPC method
+    ├── CountOutOfRange           422  the change would leave the signed 64-bit range; nothing changed
+    ├── StorageFailed             503  the commit failed; nothing of the call was stored
+    ├── HostUnavailable           503  the call never reached a host (creation or lookup failed)
+    ├── OutcomeUnknown            503  the host died during the call: it may or may not have applied it
+    └── ConfigError               500  a setting is invalid, or does not match the storage it points at
+        └── LayoutMismatch        500  the storage dir was written with another placement or shard count
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "CountOutOfRange",
+    "CountersError",
+    "HostUnavailable",
+    "InvalidAmount",
+    "InvalidInput",
+    "InvalidName",
+    "LayoutMismatch",
+    "OutcomeUnknown",
+    "StorageFailed",
+    "UnknownMethod",
+]
+
+
+class CountersError(Exception):
+    """Base of every error of `counters`."""
+
+    http_status: int = 500
+    retry_safe: bool = False
+    code: str = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(CountersError):
+    http_status = 400
+    retry_safe = True
+    code = "invalid_input"
+
+
+class InvalidName(InvalidInput):
+    code = "invalid_name"
+
+
+class InvalidAmount(InvalidInput):
+    code = "invalid_amount"
+
+
+class UnknownMethod(InvalidInput):
+    code = "unknown_method"
+
+
+class CountOutOfRange(CountersError):
+    http_status = 422
+    retry_safe = True
+    code = "count_out_of_range"
+
+
+class StorageFailed(CountersError):
+    http_status = 503
+    retry_safe = True
+    code = "storage_failed"
+
+
+class HostUnavailable(CountersError):
+    http_status = 503
+    retry_safe = True
+    code = "host_unavailable"
+
+
+class OutcomeUnknown(CountersError):
+    http_status = 503
+    retry_safe = False
+    code = "outcome_unknown"
+
+
+class ConfigError(CountersError):
+    code = "config_error"
+
+
+class LayoutMismatch(ConfigError):
+    code = "layout_mismatch"

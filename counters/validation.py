@@ -1,0 +1,80 @@
+"""Names and amounts: what a caller may send, checked before anything runs.
+
+Pure functions, no I/O. Both the gateway and the Python client call them at the edge, and the
+counter checks again inside the host, so a bad value never reaches storage whichever way it came.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import CountOutOfRange, InvalidAmount, InvalidName
+
+__all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "MAX_NAME_BYTES",
+    "check_amount",
+    "check_count",
+    "parse_amount",
+    "validate_name",
+]
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+MAX_NAME_BYTES = 1024
+
+# C0 controls, DEL and C1 controls: invisible in logs and dashboards, and NUL breaks C strings.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# ASCII digits only: int() would also take "1_000", " 7 " and non-ASCII digits.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
+
+
+def validate_name(name: object) -> str:
+    """Return `name` if it is a valid object name, else raise InvalidName.
+
+    A name is any non-empty text of at most 1024 bytes of UTF-8 without control characters.
+    It is never used as a path: `../../etc` is just a name.
+    """
+    if not isinstance(name, str):
+        raise InvalidName(f"name must be text, not {type(name).__name__}")
+    if not name:
+        raise InvalidName("name must not be empty")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidName("name must be valid Unicode text (no lone surrogates)") from None
+    if size > MAX_NAME_BYTES:
+        raise InvalidName(f"name is {size} bytes of UTF-8; at most {MAX_NAME_BYTES} are allowed")
+    found = _CONTROL.search(name)
+    if found:
+        raise InvalidName(
+            f"name must not contain control characters (found U+{ord(found.group()):04X})"
+        )
+    return name
+
+
+def check_amount(amount: object) -> int:
+    """Return `amount` if it is an int in the signed 64-bit range, else raise InvalidAmount."""
+    if type(amount) is not int:  # bool is an int subclass, and True is no amount
+        raise InvalidAmount(f"amount must be an integer, not {type(amount).__name__}")
+    if not INT64_MIN <= amount <= INT64_MAX:
+        raise InvalidAmount(f"amount {amount} is outside the signed 64-bit range")
+    return amount
+
+
+def parse_amount(text: str) -> int:
+    """Parse the text of an `amount` parameter: an optional sign and ASCII digits."""
+    if not _INTEGER.fullmatch(text):
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise InvalidAmount(f"amount must be an integer, got {shown!r}")
+    return check_amount(int(text))
+
+
+def check_count(count: int) -> int:
+    """Return `count` if it fits a signed 64-bit integer, else raise CountOutOfRange."""
+    if not INT64_MIN <= count <= INT64_MAX:
+        raise CountOutOfRange(
+            f"the count would become {count}, outside the signed 64-bit range; nothing was changed"
+        )
+    return count

@@ -1,0 +1,159 @@
+"""The aiohttp application: the example's Worker, route for route.
+
+    GET  /?name=A             Durable Object 'A' count: 0
+    GET|POST /increment?name=A[&amount=N]
+    GET|POST /decrement?name=A[&amount=N]
+    GET  /healthz             ok
+    anything else             404 Not found
+
+Answers are the example's plain text, or ``{"name": ..., "count": ...}`` for a client that
+accepts application/json. Errors carry their reason in the body; the status comes from the error
+(`counters.errors`), and 503s say when to retry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from counters.client import Namespace
+from counters.errors import CountersError, InvalidName
+from counters.validation import parse_amount, validate_name
+
+from .query import QueryParams
+
+__all__ = ["NAMESPACE", "make_app"]
+
+NAMESPACE = web.AppKey("namespace", Namespace)
+
+NO_NAME = (
+    "Select a Durable Object to contact by using"
+    " the `name` URL query string parameter, for example, ?name=A"
+)
+READ_METHODS = ("GET", "HEAD")
+CHANGE_METHODS = ("GET", "POST")
+FORM = "application/x-www-form-urlencoded"
+
+log = logging.getLogger(__name__)
+
+
+def make_app(namespace: Namespace) -> web.Application:
+    """The gateway over `namespace`; the caller owns Ray and the namespace's lifetime."""
+    app = web.Application(middlewares=[_errors_as_responses])
+    app[NAMESPACE] = namespace
+    app.add_routes(
+        [
+            web.route("*", "/", _read),
+            web.route("*", "/increment", _changer("increment")),
+            web.route("*", "/decrement", _changer("decrement")),
+            web.route("*", "/healthz", _healthz),
+            web.route("*", "/{tail:.*}", _not_found),
+        ]
+    )
+    return app
+
+
+async def _read(request: web.Request) -> web.StreamResponse:
+    _allow(request, READ_METHODS)
+    params = await _params(request)
+    name = _name(params)
+    count = await request.app[NAMESPACE].get_by_name(name).get_counter_value()
+    return _count_response(request, name, count)
+
+
+def _changer(method: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def change(request: web.Request) -> web.StreamResponse:
+        _allow(request, CHANGE_METHODS)
+        params = await _params(request)
+        name = _name(params)
+        amount_text = params.first("amount")
+        amount = 1 if amount_text is None else parse_amount(amount_text)
+        stub = request.app[NAMESPACE].get_by_name(name)
+        count = await (stub.increment(amount) if method == "increment" else stub.decrement(amount))
+        return _count_response(request, name, count)
+
+    return change
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    _allow(request, READ_METHODS)
+    return _respond(request, 200, "ok", {"status": "ok"})
+
+
+async def _not_found(request: web.Request) -> web.StreamResponse:
+    return _respond(request, 404, "Not found", {"error": "not_found", "message": "Not found"})
+
+
+def _allow(request: web.Request, methods: tuple[str, ...]) -> None:
+    if request.method not in methods:
+        allowed = ", ".join(methods)
+        raise web.HTTPMethodNotAllowed(
+            request.method,
+            list(methods),
+            text=f"Method {request.method} is not allowed on {request.path}; use {allowed}",
+        )
+
+
+async def _params(request: web.Request) -> QueryParams:
+    raw = [request.rel_url.raw_query_string]
+    if request.method == "POST" and request.content_type == FORM:
+        raw.append(await request.text())
+    return QueryParams(*raw)
+
+
+def _name(params: QueryParams) -> str:
+    name = params.first("name")
+    if not name:
+        raise InvalidName(NO_NAME)
+    return validate_name(name)
+
+
+def _count_response(request: web.Request, name: str, count: int) -> web.StreamResponse:
+    return _respond(
+        request, 200, f"Durable Object '{name}' count: {count}", {"name": name, "count": count}
+    )
+
+
+def _wants_json(request: web.Request) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+def _respond(
+    request: web.Request,
+    status: int,
+    text: str,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    if _wants_json(request):
+        return web.Response(
+            status=status,
+            text=json.dumps(body),
+            content_type="application/json",
+            headers=headers,
+        )
+    return web.Response(
+        status=status, text=text, content_type="text/plain", charset="utf-8", headers=headers
+    )
+
+
+@web.middleware
+async def _errors_as_responses(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except CountersError as error:
+        headers = {"Retry-After": "1"} if error.http_status == 503 else None
+        if error.http_status >= 500:
+            log.warning("%s %s failed: %s", request.method, request.path_qs, error)
+        body = {"error": error.code, "message": error.message}
+        return _respond(request, error.http_status, error.message, body, headers)
+    except web.HTTPMethodNotAllowed as error:
+        body = {"error": "method_not_allowed", "message": error.text or ""}
+        headers = {"Allow": error.headers["Allow"]}
+        return _respond(request, 405, error.text or "", body, headers)

@@ -1,0 +1,51 @@
+"""Strict parsing of URL query strings and form bodies. Pure, no I/O.
+
+Browsers' ``URLSearchParams`` never fail: they turn broken percent-encoding into replacement
+characters, so ``%FF`` and ``%EF%BF%BD`` would name the same counter. We refuse instead: a value
+we use must be valid percent-encoding of valid UTF-8, or the request fails with 400.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote_to_bytes
+
+from counters.errors import InvalidInput
+
+__all__ = ["QueryParams"]
+
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def _unquote(text: str, what: str) -> str:
+    """Decode ``+`` and ``%XX`` strictly; raise InvalidInput on anything malformed."""
+    if "%" in _ESCAPE.sub("", text):
+        raise InvalidInput(f"{what} has invalid percent-encoding")
+    try:
+        return unquote_to_bytes(text.replace("+", " ")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{what} is not valid UTF-8 once percent-decoded") from None
+
+
+class QueryParams:
+    """The parameters of one request, in order; only the ones asked for are decoded."""
+
+    def __init__(self, *raw_sources: str) -> None:
+        self._pairs: list[tuple[str, str]] = []
+        for raw in raw_sources:
+            for part in raw.split("&"):
+                if not part:
+                    continue
+                key, _, value = part.partition("=")
+                self._pairs.append((key, value))
+
+    def first(self, name: str) -> str | None:
+        """The decoded value of the first parameter called `name`, as ``searchParams.get`` does."""
+        for raw_key, raw_value in self._pairs:
+            try:
+                key = _unquote(raw_key, "a parameter name")
+            except InvalidInput:
+                continue  # a broken parameter we do not use is none of our business
+            if key == name:
+                return _unquote(raw_value, f"parameter {name!r}")
+        return None
