@@ -49,9 +49,13 @@ class ObjectHost:
         self._store: SqliteStore | None = None
         self._objects: dict[str, tuple[Any, ObjectStorage]] = {}
         self._signatures: dict[str, inspect.Signature] = {}
+        self._batches = 0
+        self._operations = 0
 
     def apply(self, operations: Sequence[Operation]) -> tuple[Outcome, ...]:
         """Run `operations` in order and commit their writes together; one Outcome each."""
+        self._batches += 1
+        self._operations += len(operations)
         try:
             store = self._open_store()
         except CountersError as error:
@@ -82,9 +86,13 @@ class ObjectHost:
         """One operation, for callers using bare Ray: returns its value or raises its error."""
         return self.apply([Operation(object_name, method, args)])[0].unwrap()
 
-    def hosted_count(self) -> int:
-        """How many objects are in memory now."""
-        return len(self._objects)
+    def stats(self) -> dict[str, int]:
+        """Calls (batches) and operations served since the actor started, objects in memory."""
+        return {
+            "batches": self._batches,
+            "operations": self._operations,
+            "objects": len(self._objects),
+        }
 
     def _run(
         self, operation: Operation, store: SqliteStore, touched: dict[str, ObjectStorage]

@@ -1,0 +1,80 @@
+"""Functional tests: one real local Ray for the whole session, real servers on loopback.
+
+Each test gets its own Ray namespace and storage dir, so tests never see each other's actors or
+files, and its host actors are killed afterwards so memory stays flat across the session.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from aiohttp.test_utils import TestClient
+
+from counters.client import Namespace
+from counters.placement import Placement
+from counters.settings import Settings
+from gateway import make_app
+
+NamespaceFactory = Callable[..., Namespace]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_session() -> Iterator[None]:
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        log_to_driver=False,
+        num_cpus=2,
+        namespace="counters-tests",
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def make_namespace(tmp_path: Path) -> Iterator[NamespaceFactory]:
+    """Namespace bindings on a fresh Ray namespace and storage dir; hosts killed afterwards."""
+    made: list[Namespace] = []
+
+    def make(placement: Placement = Placement.SHARDED, **overrides: Any) -> Namespace:
+        settings = Settings.load(
+            environ={},
+            namespace=overrides.pop("namespace", f"test-{uuid.uuid4().hex[:12]}"),
+            storage_dir=str(overrides.pop("storage_dir", tmp_path / "storage")),
+            placement=placement.value,
+            **overrides,
+        )
+        namespace = Namespace(settings)
+        made.append(namespace)
+        return namespace
+
+    yield make
+    for namespace in made:
+        namespace.kill_hosts()
+
+
+@pytest.fixture(params=[Placement.SHARDED, Placement.PER_NAME], ids=["sharded", "per-name"])
+def placement(request: pytest.FixtureRequest) -> Placement:
+    placement: Placement = request.param
+    return placement
+
+
+@pytest.fixture
+def namespace(make_namespace: NamespaceFactory, placement: Placement) -> Namespace:
+    return make_namespace(placement)
+
+
+@pytest.fixture
+async def client(
+    namespace: Namespace, aiohttp_client: Callable[..., Any]
+) -> AsyncIterator[TestClient[Any, Any]]:
+    """An HTTP client of the real gateway, served on a loopback port."""
+    test_client: TestClient[Any, Any] = await aiohttp_client(make_app(namespace))
+    yield test_client

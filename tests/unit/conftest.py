@@ -1,0 +1,18 @@
+"""Unit tests run without Ray: starting one here is a bug in the test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import ray
+
+
+@pytest.fixture(autouse=True)
+def _refuse_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("unit tests must not start Ray; move this test to tests/functional")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    yield

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from counters.errors import ConfigError
+from counters.placement import Placement
+from counters.settings import Settings
+
+
+def test_defaults_are_the_embedded_service() -> None:
+    settings = Settings.load(environ={})
+    assert (settings.host, settings.port, settings.storage_dir) == ("127.0.0.1", 8787, ".counters")
+    assert settings.placement is Placement.SHARDED
+    assert settings.address is None
+    assert settings.namespace == "counters"
+
+
+def test_flags_win_over_environment_over_defaults() -> None:
+    environ = {"COUNTERS_PORT": "9000", "COUNTERS_PLACEMENT": "per-name", "COUNTERS_SHARDS": "8"}
+    settings = Settings.load(environ=environ, port=9100, shards=None)
+    assert settings.port == 9100
+    assert settings.placement is Placement.PER_NAME
+    assert settings.shards == 8
+
+
+@pytest.mark.parametrize(
+    ("environ", "flags", "message"),
+    [
+        ({"COUNTERS_PORT": "http"}, {}, "COUNTERS_PORT must be an integer"),
+        ({"COUNTERS_PORT": "70000"}, {}, "COUNTERS_PORT"),
+        ({}, {"shards": 0}, "--shards"),
+        ({"COUNTERS_PLACEMENT": "random"}, {}, "COUNTERS_PLACEMENT must be one of sharded, per-name"),
+        ({}, {"namespace": " "}, "COUNTERS_NAMESPACE"),
+        ({}, {"max_batch": 0}, "--max-batch"),
+    ],
+)
+def test_bad_settings_name_their_variable(
+    environ: dict[str, str], flags: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.load(environ=environ, **flags)
+
+
+def test_storage_path_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Settings.load(environ={}).storage_path == tmp_path / ".counters"
+
+
+def test_unknown_setting_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="colour"):
+        Settings.load(environ={}, colour="red")
