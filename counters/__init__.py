@@ -1,11 +1,11 @@
 """Durable, named counters as actors on Ray.
 
-    from counters import Namespace, Settings, start_ray
+from counters import Namespace, Settings, start_ray
 
-    settings = Settings.load()
-    start_ray(settings)                 # or run inside a Ray job
-    counters = Namespace(settings)      # like the example's env.COUNTERS
-    await counters.get_by_name("A").increment()
+settings = Settings.load()
+start_ray(settings)                 # or run inside a Ray job
+counters = Namespace(settings)      # like the example's env.COUNTERS
+await counters.get_by_name("A").increment()
 """
 
 from .client import BlockingCounterStub, CounterStub, Namespace

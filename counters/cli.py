@@ -38,9 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     flag(
         "--placement",
         choices=[p.value for p in Placement],
-        help=f"one host actor per name, or names hashed onto shards (default {defaults.placement.value})",
+        help=f"an actor per name, or names hashed onto shards (default {defaults.placement.value})",
     )
-    flag("--shards", type=int, help=f"host actors with sharded placement (default {defaults.shards})")
+    flag(
+        "--shards", type=int, help=f"host actors with sharded placement (default {defaults.shards})"
+    )
     flag(
         "--dashboard-port",
         type=int,
@@ -54,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = vars(_parser().parse_args(argv))
     command = arguments.pop("command")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         settings = Settings.load(**arguments)
     except ConfigError as error:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import ray
 from ray.actor import ActorHandle
@@ -28,7 +28,7 @@ from .counter import Counter
 from .errors import CountersError, HostUnavailable, OutcomeUnknown
 from .operations import Operation, Outcome
 from .placement import Layout
-from .runtime import get_or_create_host
+from .runtime import agree_on_service, get_or_create_host
 from .settings import Settings
 from .validation import check_amount, validate_name
 
@@ -38,13 +38,20 @@ __all__ = ["BlockingCounterStub", "CounterStub", "Namespace"]
 class Namespace:
     """All objects of one class in one Ray namespace, found by name. Needs a connected Ray."""
 
-    def __init__(self, settings: Settings | None = None, object_class: type = Counter) -> None:
-        self.settings = settings or Settings.load()
+    def __init__(
+        self, settings: Settings | None = None, object_class: type = Counter, *, join: bool = False
+    ) -> None:
+        self.settings = agree_on_service(settings or Settings.load(), object_class, join=join)
         self.object_class = object_class
         self.layout: Layout = self.settings.layout(object_class)
         self._handles: dict[str, ActorHandle[Any]] = {}
         self._handles_lock = threading.Lock()
         self._lanes: dict[str, _Lane] = {}
+
+    @classmethod
+    def join(cls, namespace: str = "counters", object_class: type = Counter) -> Namespace:
+        """Bind to the objects a running service already serves, with that service's settings."""
+        return cls(Settings.load(namespace=namespace), object_class, join=True)
 
     def get_by_name(self, name: str) -> CounterStub:
         """A stub for the object called `name`; it is created on first use."""
@@ -77,9 +84,7 @@ class Namespace:
             handle = self._handles.get(host)
             if handle is None:
                 try:
-                    handle = get_or_create_host(
-                        self.object_class, host, self.settings, self.layout
-                    )
+                    handle = get_or_create_host(self.object_class, host, self.settings, self.layout)
                 except Exception as error:
                     raise HostUnavailable(f"cannot reach or create host {host}: {error}") from None
                 self._handles[host] = handle
@@ -109,7 +114,7 @@ class Namespace:
         self, host: str, handle: ActorHandle[Any], operations: Sequence[Operation]
     ) -> tuple[Outcome, ...]:
         try:
-            outcomes: tuple[Outcome, ...] = ray.get(handle.apply.remote(tuple(operations)))
+            outcomes = cast(tuple[Outcome, ...], ray.get(handle.apply.remote(tuple(operations))))
         except RayActorError as error:
             raise self._lost(host, error) from None
         return outcomes
@@ -156,9 +161,7 @@ class _Lane:
                 try:
                     if handle is None:
                         handle = await asyncio.to_thread(self.namespace.handle, self.host)
-                    outcomes = await self.namespace.send(
-                        self.host, handle, [op for op, _ in batch]
-                    )
+                    outcomes = await self.namespace.send(self.host, handle, [op for op, _ in batch])
                 except CountersError as error:
                     handle = None
                     for _, future in batch:

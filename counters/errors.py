@@ -6,16 +6,16 @@ apply a change twice). All of them take a single message argument, so they pickl
 across Ray's process boundaries.
 
     CountersError
-    ├── InvalidInput              400  the request itself is wrong; nothing changed
-    │   ├── InvalidName           400  empty, too long, or with control characters
-    │   ├── InvalidAmount         400  not an integer, or outside the signed 64-bit range
-    │   └── UnknownMethod         400  the object has no such RPC method
-    ├── CountOutOfRange           422  the change would leave the signed 64-bit range; nothing changed
-    ├── StorageFailed             503  the commit failed; nothing of the call was stored
-    ├── HostUnavailable           503  the call never reached a host (creation or lookup failed)
-    ├── OutcomeUnknown            503  the host died during the call: it may or may not have applied it
-    └── ConfigError               500  a setting is invalid, or does not match the storage it points at
-        └── LayoutMismatch        500  the storage dir was written with another placement or shard count
+    ├── InvalidInput         400  the request itself is wrong; nothing changed
+    │   ├── InvalidName      400  empty, too long, or with control characters
+    │   ├── InvalidAmount    400  not an integer, or outside the signed 64-bit range
+    │   └── UnknownMethod    400  the object has no such RPC method
+    ├── CountOutOfRange      422  the change would leave the signed 64-bit range; nothing changed
+    ├── StorageFailed        503  the commit failed; nothing of the call was stored
+    ├── HostUnavailable      503  the call never reached a host (creation or lookup failed)
+    ├── OutcomeUnknown       503  the host died during the call: it may or may not have applied it
+    └── ConfigError          500  a setting is invalid, or does not match the storage it uses
+        └── LayoutMismatch   500  the storage dir holds another placement or shard count
 """
 
 from __future__ import annotations

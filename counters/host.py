@@ -94,6 +94,10 @@ class ObjectHost:
             "objects": len(self._objects),
         }
 
+    def __repr__(self) -> str:
+        # Ray's dashboard shows an actor's repr next to it.
+        return f"{type(self).__name__}({self.host_name})"
+
     def _run(
         self, operation: Operation, store: SqliteStore, touched: dict[str, ObjectStorage]
     ) -> Outcome:

@@ -10,18 +10,26 @@ flight when the actor died may or may not have been applied, and only the caller
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import os
-from typing import Any
+from typing import Any, cast
 
 import ray
 from ray.actor import ActorClass, ActorHandle
+from ray.experimental import internal_kv
 
+from .errors import ConfigError
 from .host import ObjectHost
 from .placement import Layout
 from .settings import Settings
 
-__all__ = ["get_or_create_host", "host_actor_class", "start_ray"]
+__all__ = ["agree_on_service", "get_or_create_host", "host_actor_class", "start_ray"]
+
+# What every client of one namespace must agree on, since host actors are created with it.
+_SERVICE_FIELDS = ("storage_dir", "placement", "shards", "host_resource")
+_KV_NAMESPACE = "counters"
 
 
 @functools.cache
@@ -30,7 +38,7 @@ def host_actor_class(object_class: type) -> ActorClass[Any]:
     name = f"{object_class.__name__}Host"
     # A subclass per hosted class, so the dashboard's class column says what an actor hosts.
     host_class = type(name, (ObjectHost,), {"__qualname__": name, "__module__": __name__})
-    return ray.remote(host_class)  # type: ignore[no-any-return]
+    return ray.remote(host_class)
 
 
 def get_or_create_host(
@@ -56,9 +64,10 @@ def get_or_create_host(
         # Keeps hosts on the nodes that have the storage dir (see cluster.yaml).
         options["resources"] = {settings.host_resource: 0.001}
     actor_class = host_actor_class(object_class)
-    return actor_class.options(**options).remote(  # type: ignore[no-any-return]
+    handle = actor_class.options(**options).remote(
         object_class, host_name, str(settings.storage_path), layout
     )
+    return cast(ActorHandle[Any], handle)
 
 
 def start_ray(settings: Settings) -> bool:
@@ -81,3 +90,52 @@ def start_ray(settings: Settings) -> bool:
         log_to_driver=False,
     )
     return True
+
+
+def agree_on_service(settings: Settings, object_class: type, join: bool = False) -> Settings:
+    """The settings every client of this namespace uses, recorded once in the cluster.
+
+    The first client of a namespace records its storage dir, placement, shard count and host
+    resource in Ray's GCS; every later client must match them (else ConfigError), or, with
+    `join`, adopts them. Without this, a client started in another working directory would
+    create hosts on another storage dir, and counters would seem to reset.
+    """
+    mine = {
+        "storage_dir": str(settings.storage_path),
+        "placement": settings.placement.value,
+        "shards": settings.shards,
+        "host_resource": settings.host_resource,
+    }
+    key = f"{settings.namespace}/{object_class.__name__}"
+    # internal_kv is Ray's private key-value store in the GCS; put with overwrite=False is
+    # atomic, so of several first clients exactly one record wins.
+    if not join:
+        internal_kv._internal_kv_put(
+            key, json.dumps(mine), overwrite=False, namespace=_KV_NAMESPACE
+        )
+    raw = internal_kv._internal_kv_get(key, namespace=_KV_NAMESPACE)
+    if raw is None:
+        raise ConfigError(
+            f"no counters service has run in Ray namespace {settings.namespace!r} on this "
+            "cluster yet: start one (counters serve) or bind with Namespace(settings)"
+        )
+    recorded: dict[str, Any] = json.loads(raw)
+    if join:
+        return dataclasses.replace(
+            settings,
+            storage_dir=recorded["storage_dir"],
+            placement=type(settings.placement)(recorded["placement"]),
+            shards=recorded["shards"],
+            host_resource=recorded["host_resource"],
+        )
+    if recorded != mine:
+        differences = ", ".join(
+            f"{name} {recorded[name]!r} (not {mine[name]!r})"
+            for name in _SERVICE_FIELDS
+            if recorded[name] != mine[name]
+        )
+        raise ConfigError(
+            f"Ray namespace {settings.namespace!r} is already served with {differences}; "
+            "use the same settings, or Namespace.join() to adopt them"
+        )
+    return settings

@@ -36,6 +36,7 @@ def serve(settings: Settings) -> int:
                 settings.storage_path,
                 settings.placement.value,
             )
+            log.info("Ray at %s (RAY_ADDRESS for clients)", ray.get_runtime_context().gcs_address)
             if started_ray and settings.dashboard_port:
                 log.info("Ray dashboard: http://127.0.0.1:%d", settings.dashboard_port)
             yield

@@ -46,9 +46,7 @@ class Settings:
         _check(self.max_batch >= 1, "max_batch", "at least 1")
 
     @classmethod
-    def load(
-        cls, environ: Mapping[str, str] | None = None, **flags: Any
-    ) -> Settings:
+    def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
         """Settings from `flags` (None means unset), then `environ` (default os.environ)."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -82,9 +80,7 @@ def _dashed(name: str) -> str:
 
 def _check(ok: bool, name: str, wanted: str) -> None:
     if not ok:
-        raise ConfigError(
-            f"--{_dashed(name)} ({ENV_PREFIX}{name.upper()}) must be {wanted}"
-        )
+        raise ConfigError(f"--{_dashed(name)} ({ENV_PREFIX}{name.upper()}) must be {wanted}")
 
 
 _INTEGERS = {"port", "shards", "dashboard_port", "max_batch"}

@@ -83,7 +83,7 @@ class SqliteStore:
         return dict(rows)
 
     def write(self, changes: Iterable[Change]) -> None:
-        """Apply `changes` in one durable transaction, or raise StorageFailed having applied none."""
+        """Apply `changes` in one durable transaction, or apply none and raise StorageFailed."""
         upserts: list[tuple[str, str, str]] = []
         deletes: list[tuple[str, str]] = []
         for object_name, key, text in changes:

@@ -7,6 +7,7 @@ names would hash onto other files and their values would seem lost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -46,10 +47,8 @@ class StorageDir:
                         json.dump(wanted, out, indent=2)
                         out.flush()
                         os.fsync(out.fileno())
-                    try:
+                    with contextlib.suppress(FileExistsError):  # another host won
                         os.link(tmp, target)
-                    except FileExistsError:
-                        pass
                 finally:
                     os.unlink(tmp)
             recorded = json.loads(target.read_text())

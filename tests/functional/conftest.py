@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +72,7 @@ def namespace(make_namespace: NamespaceFactory, placement: Placement) -> Namespa
 
 
 @pytest.fixture
-async def client(
-    namespace: Namespace, aiohttp_client: Callable[..., Any]
-) -> AsyncIterator[TestClient[Any, Any]]:
+async def client(namespace: Namespace, aiohttp_client: Callable[..., Any]) -> TestClient[Any, Any]:
     """An HTTP client of the real gateway, served on a loopback port."""
     test_client: TestClient[Any, Any] = await aiohttp_client(make_app(namespace))
-    yield test_client
+    return test_client

@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-
 from yarl import URL
 
 Client = TestClient[Any, Any]
@@ -64,7 +63,10 @@ async def test_first_name_counts(client: Client) -> None:
 
 
 async def test_amount_post_and_json(client: Client) -> None:
-    assert await text(client, "/increment?name=A&amount=10") == (200, "Durable Object 'A' count: 10")
+    assert await text(client, "/increment?name=A&amount=10") == (
+        200,
+        "Durable Object 'A' count: 10",
+    )
     assert await text(client, "/decrement?name=A&amount=3", method="POST") == (
         200,
         "Durable Object 'A' count: 7",
@@ -73,9 +75,7 @@ async def test_amount_post_and_json(client: Client) -> None:
         200,
         "Durable Object 'A' count: 5",
     )
-    async with client.post(
-        "/increment?name=A", headers={"Accept": "application/json"}
-    ) as response:
+    async with client.post("/increment?name=A", headers={"Accept": "application/json"}) as response:
         assert response.status == 200
         assert response.content_type == "application/json"
         assert await response.json() == {"name": "A", "count": 6}
@@ -133,7 +133,9 @@ async def test_leaving_int64_is_422_and_changes_nothing(client: Client) -> None:
 
 
 async def test_json_errors(client: Client) -> None:
-    async with client.get("/increment?name=A&amount=x", headers={"Accept": "application/json"}) as r:
+    async with client.get(
+        "/increment?name=A&amount=x", headers={"Accept": "application/json"}
+    ) as r:
         assert r.status == 400
         assert await r.json() == {
             "error": "invalid_amount",

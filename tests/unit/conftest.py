@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -10,9 +9,8 @@ import ray
 
 
 @pytest.fixture(autouse=True)
-def _refuse_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _refuse_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("unit tests must not start Ray; move this test to tests/functional")
 
     monkeypatch.setattr(ray, "init", refuse)
-    yield

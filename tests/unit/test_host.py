@@ -102,7 +102,9 @@ class Broken:
 
 
 def test_a_bug_in_an_object_fails_the_operation_not_the_host(tmp_path: Path) -> None:
-    host = ObjectHost(Broken, "Broken.shard-0-of-1", str(tmp_path), Layout("Broken", Placement.SHARDED, 1))
+    host = ObjectHost(
+        Broken, "Broken.shard-0-of-1", str(tmp_path), Layout("Broken", Placement.SHARDED, 1)
+    )
     outcomes = host.apply([Operation("x", "explode"), Operation("x", "value")])
     assert isinstance(outcomes[0].error, CountersError)
     assert "ZeroDivisionError: boom" in outcomes[0].error.message

@@ -31,7 +31,11 @@ def test_flags_win_over_environment_over_defaults() -> None:
         ({"COUNTERS_PORT": "http"}, {}, "COUNTERS_PORT must be an integer"),
         ({"COUNTERS_PORT": "70000"}, {}, "COUNTERS_PORT"),
         ({}, {"shards": 0}, "--shards"),
-        ({"COUNTERS_PLACEMENT": "random"}, {}, "COUNTERS_PLACEMENT must be one of sharded, per-name"),
+        (
+            {"COUNTERS_PLACEMENT": "random"},
+            {},
+            "COUNTERS_PLACEMENT must be one of sharded, per-name",
+        ),
         ({}, {"namespace": " "}, "COUNTERS_NAMESPACE"),
         ({}, {"max_batch": 0}, "--max-batch"),
     ],

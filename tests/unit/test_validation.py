@@ -51,8 +51,21 @@ def test_every_int64_parses_back(amount: int) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "1.5", "1e3", "0x10", "1_000", " 7", "7 ", "١", "--1", "+", "9223372036854775808",
-     "-9223372036854775809", "9" * 400],
+    [
+        "",
+        "1.5",
+        "1e3",
+        "0x10",
+        "1_000",
+        " 7",
+        "7 ",
+        "\u0661",
+        "--1",
+        "+",
+        "9223372036854775808",
+        "-9223372036854775809",
+        "9" * 400,
+    ],
 )
 def test_bad_amount_text_is_refused(text: str) -> None:
     with pytest.raises(InvalidAmount):

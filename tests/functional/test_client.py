@@ -1,0 +1,154 @@
+"""The Python stub, bare Ray calls and HTTP all see the same objects."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from aiohttp.test_utils import TestClient
+
+from counters.client import Namespace
+from counters.errors import (
+    ConfigError,
+    CountOutOfRange,
+    InvalidAmount,
+    InvalidName,
+    LayoutMismatch,
+)
+from counters.placement import Placement
+from counters.runtime import get_or_create_host
+from tests.functional.conftest import NamespaceFactory
+
+
+async def test_stub_http_and_bare_ray_agree(
+    namespace: Namespace, client: TestClient[Any, Any]
+) -> None:
+    stub = namespace.get_by_name("A")
+    assert await stub.increment() == 1
+    assert await stub.increment(41) == 42
+    async with client.get("/increment?name=A") as response:
+        assert await response.text() == "Durable Object 'A' count: 43"
+    # Bare Ray, as the README documents it: find the host by name, call it.
+    host: Any = ray.get_actor(namespace.host_for("A"), namespace=namespace.settings.namespace)
+    assert ray.get(host.call.remote("A", "get_counter_value")) == 43
+    assert ray.get(host.call.remote("A", "decrement", 3)) == 40
+    with pytest.raises(CountOutOfRange):
+        ray.get(host.call.remote("A", "increment", 2**63 - 1))
+    assert await stub.get_counter_value() == 40
+    assert await asyncio.to_thread(stub.blocking.decrement, 10) == 30
+    assert await asyncio.to_thread(stub.blocking.get_counter_value) == 30
+
+
+def test_blocking_stub(namespace: Namespace) -> None:
+    stub = namespace.get_by_name("script").blocking
+    assert stub.increment() == 1
+    assert stub.increment(9) == 10
+    assert stub.decrement(4) == 6
+    assert stub.get_counter_value() == 6
+    with pytest.raises(CountOutOfRange):
+        stub.increment(2**63 - 1)
+    assert stub.get_counter_value() == 6
+
+
+async def test_stub_refuses_bad_input_before_sending(namespace: Namespace) -> None:
+    with pytest.raises(InvalidName):
+        namespace.get_by_name("")
+    with pytest.raises(InvalidName):
+        namespace.get_by_name("a\x00")
+    stub = namespace.get_by_name("A")
+    with pytest.raises(InvalidAmount):
+        await stub.increment(1.5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidAmount):
+        stub.blocking.decrement(2**63)
+    assert namespace.known_hosts() == []
+
+
+@pytest.mark.parametrize("placement", [Placement.SHARDED], indirect=True)
+async def test_concurrent_calls_are_coalesced(namespace: Namespace) -> None:
+    stub = namespace.get_by_name("hot")
+    results = await asyncio.gather(*(stub.increment() for _ in range(500)))
+    assert sorted(results) == list(range(1, 501))
+    host: Any = ray.get_actor(namespace.host_for("hot"), namespace=namespace.settings.namespace)
+    stats: dict[str, int] = ray.get(host.stats.remote())
+    assert stats["operations"] == 500
+    # 500 calls in flight at once leave in a handful of batches, not 500 actor calls.
+    assert stats["batches"] <= 50
+
+
+def test_creating_one_host_from_many_callers_yields_one_actor(
+    make_namespace: NamespaceFactory,
+) -> None:
+    namespace = make_namespace(Placement.PER_NAME)
+    host = namespace.host_for("raced")
+    object_class, settings, layout = namespace.object_class, namespace.settings, namespace.layout
+
+    @ray.remote(num_cpus=0)
+    def create() -> str:
+        handle = get_or_create_host(object_class, host, settings, layout)
+        actor_id: str = handle._actor_id.hex()
+        return actor_id
+
+    # Eight other processes and eight threads here, all at once.
+    refs = [create.remote() for _ in range(8)]
+
+    async def from_threads() -> list[str]:
+        handles = await asyncio.gather(
+            *(
+                asyncio.to_thread(
+                    get_or_create_host,
+                    namespace.object_class,
+                    host,
+                    namespace.settings,
+                    namespace.layout,
+                )
+                for _ in range(8)
+            )
+        )
+        return [handle._actor_id.hex() for handle in handles]
+
+    ids = set(ray.get(refs)) | set(asyncio.run(from_threads()))
+    assert len(ids) == 1
+    # The cached path of the binding finds the very same actor.
+    assert namespace.handle(host)._actor_id.hex() in ids
+    assert namespace.get_by_name("raced").blocking.increment() == 1
+
+
+async def test_a_storage_dir_keeps_its_layout(make_namespace: NamespaceFactory) -> None:
+    first = make_namespace(Placement.SHARDED, shards=2)
+    assert await first.get_by_name("A").increment() == 1
+    other = make_namespace(Placement.SHARDED, shards=3)
+    with pytest.raises(LayoutMismatch, match="same placement and shard count"):
+        await other.get_by_name("A").increment()
+    assert await first.get_by_name("A").get_counter_value() == 1
+
+
+async def test_hosts_reload_from_disk_after_being_killed(namespace: Namespace) -> None:
+    names = [f"n{i}" for i in range(10)]
+    for name in names:
+        assert await namespace.get_by_name(name).increment(5) == 5
+    namespace.kill_hosts()  # permanently: the next call creates them anew, from disk
+    values = await asyncio.gather(*(namespace.get_by_name(n).increment() for n in names))
+    assert values == [6] * 10
+
+
+def test_clients_of_one_namespace_agree_on_its_settings(
+    make_namespace: NamespaceFactory, tmp_path: Path
+) -> None:
+    first = make_namespace(Placement.SHARDED, shards=2)
+    assert first.get_by_name("A").blocking.increment() == 1
+    name = first.settings.namespace
+    with pytest.raises(ConfigError, match="storage_dir"):
+        make_namespace(Placement.SHARDED, shards=2, namespace=name, storage_dir=tmp_path / "other")
+    with pytest.raises(ConfigError, match="shards 2 \\(not 3\\)"):
+        make_namespace(Placement.SHARDED, shards=3, namespace=name)
+    joined = Namespace.join(name)
+    assert joined.settings.storage_path == first.settings.storage_path
+    assert joined.get_by_name("A").blocking.increment() == 2
+
+
+def test_joining_a_namespace_nobody_served_is_refused() -> None:
+    with pytest.raises(ConfigError, match="no counters service has run"):
+        Namespace.join("never-served")

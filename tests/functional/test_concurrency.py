@@ -1,0 +1,54 @@
+"""Many connections at once: every increment lands exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections import Counter as Tally
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestClient
+
+from counters.client import Namespace
+from counters.placement import host_file_name
+
+NAMES = [f"counter-{i}" for i in range(20)]
+TOTAL = 2000
+CONNECTIONS = 64
+
+
+async def test_2000_concurrent_increments_over_20_names_end_exactly_right(
+    client: TestClient[Any, Any], namespace: Namespace
+) -> None:
+    plan = [NAMES[i % len(NAMES)] for i in range(TOTAL)]
+    url = client.make_url("/increment")
+    seen: list[int] = []
+    connector = aiohttp.TCPConnector(limit=CONNECTIONS, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(name: str) -> None:
+            async with session.post(url, params={"name": name}) as response:
+                assert response.status == 200, await response.text()
+                body = await response.text()
+                seen.append(int(body.rsplit(" ", 1)[1]))
+
+        await asyncio.gather(*(one(name) for name in plan))
+        for name, expected in Tally(plan).items():
+            async with session.get(client.make_url("/"), params={"name": name}) as response:
+                assert await response.text() == f"Durable Object '{name}' count: {expected}"
+    # Each increment was acknowledged with a distinct count: none applied twice, none lost.
+    assert len(seen) == TOTAL
+    per_name = TOTAL // len(NAMES)
+    assert sorted(seen) == sorted(list(range(1, per_name + 1)) * len(NAMES))
+    # And the disk agrees with the answers.
+    storage = namespace.settings.storage_path / "hosts"
+    on_disk: dict[str, int] = {}
+    for host in namespace.known_hosts():
+        path: Path = storage / host_file_name(host)
+        with sqlite3.connect(path) as db:
+            on_disk.update(
+                (name, int(value)) for name, value in db.execute("SELECT object, value FROM kv")
+            )
+    assert on_disk == dict.fromkeys(NAMES, per_name)

@@ -1,0 +1,93 @@
+"""The whole service as a user runs it: `counters serve`, stopped and started again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tests.functional.service import Service
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("placement", ["sharded", "per-name"])
+def test_values_survive_stopping_and_starting_everything(tmp_path: Path, placement: str) -> None:
+    storage = tmp_path / "storage"
+    names = ["A", "B", "../../etc", "名前"]
+    with Service(storage, "--placement", placement) as service:
+        for i, name in enumerate(names):
+            for _ in range(i + 1):
+                status, _ = service.get(f"/increment?name={quote(name)}")
+                assert status == 200
+        assert service.get("/decrement?name=A&amount=10", method="POST") == (
+            200,
+            "Durable Object 'A' count: -9",
+        )
+        assert service.stop(signal.SIGTERM) == 0
+        assert service.leftovers() == [], "Ray processes outlived the service"
+    with Service(storage, "--placement", placement) as service:
+        expected = {"A": -9, "B": 2, "../../etc": 3, "名前": 4}
+        for name, count in expected.items():
+            assert service.get(f"/?name={quote(name)}") == (
+                200,
+                f"Durable Object '{name}' count: {count}",
+            )
+        assert service.stop(signal.SIGINT) == 0  # Ctrl-C
+        assert service.leftovers() == []
+
+
+def test_actors_show_in_the_ray_dashboard(tmp_path: Path) -> None:
+    with Service(tmp_path / "storage", dashboard=True) as service:
+        assert service.get("/increment?name=A")[0] == 200
+        token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{service.dashboard_port}/api/v0/actors?limit=100",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            actors = json.load(response)["data"]["result"]["result"]
+        hosts = [a for a in actors if a["class_name"] == "CounterHost"]
+        assert [(a["name"], a["state"], a["ray_namespace"]) for a in hosts] == [
+            ("Counter.shard-2-of-4", "ALIVE", "counters")
+        ]
+
+
+def test_a_mismatched_storage_dir_is_refused_clearly(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    with Service(storage, "--shards", "2") as service:
+        assert service.get("/increment?name=A")[0] == 200
+    with Service(storage, "--shards", "3") as service:
+        status, body = service.get("/increment?name=A")
+        assert status == 500
+        assert "same placement and shard count" in body
+
+
+def readme_python() -> str:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    return readme.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_python_client_works_against_a_running_service(tmp_path: Path) -> None:
+    with Service(tmp_path / "storage") as service:
+        assert service.get("/increment?name=A&amount=5")[0] == 200
+        env = {**os.environ, "RAY_ADDRESS": service.ray_address(), "RAY_USAGE_STATS_ENABLED": "0"}
+        # From another working directory: the client must find the service's storage anyway.
+        result = subprocess.run(
+            [sys.executable, "-c", readme_python()],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["6", "7"]
+        assert service.get("/?name=A") == (200, "Durable Object 'A' count: 7")
