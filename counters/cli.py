@@ -18,6 +18,27 @@ from .settings import Settings
 __all__ = ["main"]
 
 
+_FLAGS: list[tuple[str, type, str]] = [
+    ("host", str, "address the gateway listens on"),
+    ("port", int, "gateway port"),
+    ("storage_dir", str, "where the SQLite files live"),
+    ("address", str, "Ray cluster to join, e.g. 'auto' or HOST:6379; none: start a local Ray"),
+    ("namespace", str, "Ray namespace of the host actors"),
+    ("placement", str, "an actor per name, or names hashed onto shards"),
+    ("shards", int, "host actors with sharded placement"),
+    ("dashboard_port", int, "Ray dashboard port of a local Ray, 0 for none"),
+    ("host_resource", str, "custom Ray resource a node must have to run host actors"),
+    ("max_batch", int, "operations one host call carries at most"),
+    ("max_queue", int, "operations waiting for one host before callers get 503"),
+    ("deadline", float, "seconds a request may take, retries included"),
+    ("idle_timeout", float, "seconds an unused object stays in memory (and a per-name actor up)"),
+    ("max_actors_per_node", int, "live per-name actors at most; idle ones stop first"),
+    ("max_objects_per_host", int, "objects a host keeps in memory at most"),
+    ("id_retention", float, "seconds an operation id is remembered"),
+    ("max_ids_per_object", int, "operation ids remembered per object (past the retry window)"),
+]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="counters", description="Durable, named counters as actors on Ray."
@@ -29,27 +50,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Every flag can also be set as COUNTERS_<FLAG> (e.g. COUNTERS_PORT=9000).",
     )
     defaults = Settings()
-    flag = serve.add_argument
-    flag("--host", help=f"address the gateway listens on (default {defaults.host})")
-    flag("--port", type=int, help=f"gateway port (default {defaults.port})")
-    flag("--storage-dir", help=f"where SQLite files live (default {defaults.storage_dir})")
-    flag("--address", help="Ray cluster to join, e.g. 'auto' or HOST:6379 (default: start one)")
-    flag("--namespace", help=f"Ray namespace of the host actors (default {defaults.namespace})")
-    flag(
-        "--placement",
-        choices=[p.value for p in Placement],
-        help=f"an actor per name, or names hashed onto shards (default {defaults.placement.value})",
-    )
-    flag(
-        "--shards", type=int, help=f"host actors with sharded placement (default {defaults.shards})"
-    )
-    flag(
-        "--dashboard-port",
-        type=int,
-        help=f"Ray dashboard port of a local Ray, 0 for none (default {defaults.dashboard_port})",
-    )
-    flag("--host-resource", help="custom Ray resource a node must have to run host actors")
-    flag("--max-batch", type=int, help=f"operations per host call (default {defaults.max_batch})")
+    for name, kind, text in _FLAGS:
+        default = getattr(defaults, name)
+        if isinstance(default, Placement):
+            default = default.value
+        shown = f" (default {default})" if default is not None else ""
+        serve.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            choices=[p.value for p in Placement] if name == "placement" else None,
+            help=text + shown,
+        )
     return parser
 
 

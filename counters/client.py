@@ -1,38 +1,64 @@
 """The client: a namespace binding like Durable Objects' ``env.COUNTERS``, and its stubs.
 
-    counters = Namespace(Settings.load())      # after start_ray(), or inside a Ray worker
+    counters = Namespace.join()                # in a process connected to the service's Ray
     stub = counters.get_by_name("A")
     await stub.increment()                     # -> 1
     stub.blocking.get_counter_value()          # -> 1, for scripts
 
-Theory of operation. Every operation goes to the host actor its name is placed on. Handles are
-looked up or created once per host and cached. Async calls to one host are coalesced: while a
-call to a host is in flight, new operations for it queue up, and when it returns they all leave
-together as the next call, up to ``max_batch`` at a time. The host commits each call once, so a
-busy gateway gets group commit without any waiting on purpose, and an idle one sends every
-operation at once. Blocking calls go straight to the host, one call each.
+Theory of operation.
+
+- Routing. Every operation goes to the host actor its name is placed on. Handles are looked up or
+  created once per host and cached.
+- Coalescing. Async calls to one host share a lane: while a call to the host is in flight, new
+  operations queue up, and when it returns they all leave together as the next call, up to
+  ``max_batch``. The host commits each call once, so a busy gateway gets group commit without
+  waiting on purpose, and an idle one sends every operation at once. At most ``max_queue``
+  operations wait per host; past that, callers get Overloaded at once.
+- Exactly once. Every changing operation carries an id (the caller's, or a fresh one). When a host
+  dies or cannot be reached, the operation is sent again with the same id, with backoff, until
+  ``deadline``; the host applies an id once and answers repeats with the first result. Past the
+  deadline the caller gets HostUnavailable, and may retry with the same id itself. Reads retry too.
+- Passivation. `maintain` (run by the gateway in the background) asks hosts to drop idle objects,
+  stops per-name actors idle past ``idle_timeout``, and keeps at most ``max_actors_per_node``
+  of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import threading
+import time
+import uuid
 from collections.abc import Sequence
 from typing import Any, cast
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import ActorDiedError, RayActorError
+from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
 
 from .counter import Counter
-from .errors import CountersError, HostUnavailable, OutcomeUnknown
+from .errors import CountersError, HostUnavailable, OutcomeUnknown, Overloaded
 from .operations import Operation, Outcome
-from .placement import Layout
+from .placement import Layout, Placement
 from .runtime import agree_on_service, get_or_create_host
 from .settings import Settings
 from .validation import check_amount, validate_name
 
-__all__ = ["BlockingCounterStub", "CounterStub", "Namespace"]
+__all__ = ["BlockingCounterStub", "CounterStub", "Namespace", "new_op_id"]
+
+log = logging.getLogger(__name__)
+
+# Worth sending again: the host was lost or unreachable, and the operation id makes it safe.
+_RETRYABLE = (OutcomeUnknown, HostUnavailable)
+_FIRST_BACKOFF = 0.02
+_MAX_BACKOFF = 0.5
+_FORGET_EVERY = 3600.0  # seconds between sweeps of expired operation ids on disk
+
+
+def new_op_id() -> str:
+    return uuid.uuid4().hex
 
 
 class Namespace:
@@ -47,6 +73,8 @@ class Namespace:
         self._handles: dict[str, ActorHandle[Any]] = {}
         self._handles_lock = threading.Lock()
         self._lanes: dict[str, _Lane] = {}
+        self._last_used: dict[str, float] = {}  # host -> monotonic time of its last call
+        self._last_forget = time.monotonic()
 
     @classmethod
     def join(cls, namespace: str = "counters", object_class: type = Counter) -> Namespace:
@@ -62,18 +90,51 @@ class Namespace:
         return self.layout.host_for(name)
 
     async def call(self, operation: Operation) -> Any:
-        """Run `operation` on its host, coalesced with others in flight; its value or error."""
-        host = self.host_for(operation.object_name)
-        lane = self._lanes.get(host)
+        """Run `operation` on its host, coalesced with others; its value or error.
+
+        Retries a lost or unreachable host until the deadline (see the module docstring).
+        """
         loop = asyncio.get_running_loop()
-        if lane is None or lane.loop is not loop:
-            lane = self._lanes[host] = _Lane(self, host, loop)
-        return await lane.submit(operation)
+        host = self.host_for(operation.object_name)
+        deadline = loop.time() + self.settings.deadline
+        backoff = _FIRST_BACKOFF
+        while True:
+            lane = self._lanes.get(host)
+            if lane is None or lane.loop is not loop:
+                lane = self._lanes[host] = _Lane(self, host, loop)
+            self._last_used[host] = time.monotonic()
+            try:
+                return await asyncio.wait_for(lane.submit(operation), deadline - loop.time())
+            except _RETRYABLE as error:
+                if loop.time() + backoff >= deadline:
+                    raise self._gave_up(operation, error) from None
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(2 * backoff, _MAX_BACKOFF)
+            except asyncio.TimeoutError:
+                raise self._gave_up(operation, None) from None
 
     def call_blocking(self, operation: Operation) -> Any:
+        """`call` for scripts: one round trip per call, no coalescing, the same retries."""
         host = self.host_for(operation.object_name)
-        handle = self.handle(host)
-        return self._send(host, handle, [operation])[0].unwrap()
+        deadline = time.monotonic() + self.settings.deadline
+        backoff = _FIRST_BACKOFF
+        while True:
+            self._last_used[host] = time.monotonic()
+            try:
+                handle = self.handle(host)
+                ref: Any = handle.apply.remote((operation,))
+                try:
+                    outcomes = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+                except GetTimeoutError:
+                    raise self._gave_up(operation, None) from None
+                except RayActorError as error:
+                    raise self._lost(host, error) from None
+                return cast(tuple[Outcome, ...], outcomes)[0].unwrap()
+            except _RETRYABLE as error:
+                if time.monotonic() + backoff >= deadline:
+                    raise self._gave_up(operation, error) from None
+                time.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(2 * backoff, _MAX_BACKOFF)
 
     def handle(self, host: str) -> ActorHandle[Any]:
         """The cached handle of `host`, looked up or created on first use (blocking)."""
@@ -91,7 +152,7 @@ class Namespace:
         return handle
 
     def known_hosts(self) -> list[str]:
-        """The hosts this binding has reached so far."""
+        """The hosts this binding has reached and not seen stop."""
         return sorted(self._handles)
 
     def kill_hosts(self) -> None:
@@ -101,32 +162,72 @@ class Namespace:
         for handle in handles.values():
             ray.kill(handle, no_restart=True)
 
-    async def send(
-        self, host: str, handle: ActorHandle[Any], operations: Sequence[Operation]
-    ) -> tuple[Outcome, ...]:
+    async def send(self, host: str, operations: Sequence[Operation]) -> tuple[Outcome, ...]:
+        """One call to `host` carrying `operations`; raises OutcomeUnknown if the host was lost."""
+        handle = self._handles.get(host)
+        if handle is None:
+            handle = await asyncio.to_thread(self.handle, host)
         try:
-            outcomes: tuple[Outcome, ...] = await handle.apply.remote(tuple(operations))
+            outcomes = await handle.apply.remote(tuple(operations))
         except RayActorError as error:
             raise self._lost(host, error) from None
-        return outcomes
+        return cast(tuple[Outcome, ...], outcomes)
 
-    def _send(
-        self, host: str, handle: ActorHandle[Any], operations: Sequence[Operation]
-    ) -> tuple[Outcome, ...]:
+    async def maintain(self) -> None:
+        """One round of passivation over the hosts this binding knows; see the module doc."""
+        idle = self.settings.idle_timeout
+        now = time.monotonic()
+        if self.layout.placement is Placement.PER_NAME:
+            by_age = sorted(self._handles, key=lambda host: self._last_used.get(host, 0.0))
+            excess = len(by_age) - self.settings.max_actors_per_node
+            for index, host in enumerate(by_age):
+                # Over the cap, the least recently used go even before their idle time is up.
+                over_cap = index < excess
+                if over_cap or now - self._last_used.get(host, 0.0) > idle:
+                    await self._passivate(host, 0.0 if over_cap else idle)
+        else:
+            forget = now - self._last_forget > _FORGET_EVERY
+            if forget:
+                self._last_forget = now
+            for host in list(self._handles):
+                try:
+                    handle = self._handles[host]
+                    await handle.sweep.remote()
+                    if forget:
+                        await handle.forget_expired_ids.remote()
+                except (KeyError, RayActorError):
+                    continue
+
+    async def _passivate(self, host: str, idle_seconds: float) -> None:
+        handle = self._handles.get(host)
+        if handle is None:
+            return
         try:
-            outcomes = cast(tuple[Outcome, ...], ray.get(handle.apply.remote(tuple(operations))))
-        except RayActorError as error:
-            raise self._lost(host, error) from None
-        return outcomes
+            if not await handle.passivate_if_idle.remote(idle_seconds):
+                return  # another client keeps it busy
+        except RayActorError:
+            pass  # it exited, as asked
+        with self._handles_lock:
+            if self._handles.get(host) is handle:
+                del self._handles[host]
+        self._lanes.pop(host, None)
+        self._last_used.pop(host, None)
 
     def _lost(self, host: str, error: RayActorError) -> CountersError:
         if isinstance(error, ActorDiedError):
-            # Gone for good (killed, or its node lost): look it up or create it anew next time.
+            # Gone for good (passivated, killed, or its node lost): find or create it anew.
             with self._handles_lock:
                 self._handles.pop(host, None)
         return OutcomeUnknown(
             f"host {host} failed during the call, which may or may not have been applied: "
             f"{type(error).__name__}"
+        )
+
+    def _gave_up(self, operation: Operation, error: CountersError | None) -> HostUnavailable:
+        why = f" (last error: {error.message})" if error is not None else ""
+        again = f"; retry with the same operation id {operation.op_id}" if operation.op_id else ""
+        return HostUnavailable(
+            f"no host answered within the {self.settings.deadline:g} s deadline{why}{again}"
         )
 
 
@@ -141,6 +242,10 @@ class _Lane:
         self._sending = False
 
     def submit(self, operation: Operation) -> asyncio.Future[Any]:
+        if len(self._waiting) >= self.namespace.settings.max_queue:
+            raise Overloaded(
+                f"{len(self._waiting)} operations already wait for host {self.host}; retry shortly"
+            )
         future: asyncio.Future[Any] = self.loop.create_future()
         self._waiting.append((operation, future))
         if not self._sending:
@@ -150,7 +255,6 @@ class _Lane:
 
     async def _drain(self) -> None:
         try:
-            handle = self.namespace._handles.get(self.host)
             while self._waiting:
                 limit = self.namespace.settings.max_batch
                 batch, self._waiting = self._waiting[:limit], self._waiting[limit:]
@@ -159,20 +263,14 @@ class _Lane:
                 if not batch:
                     continue
                 try:
-                    if handle is None:
-                        handle = await asyncio.to_thread(self.namespace.handle, self.host)
-                    outcomes = await self.namespace.send(self.host, handle, [op for op, _ in batch])
-                except CountersError as error:
-                    handle = None
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
-                    continue
+                    outcomes = await self.namespace.send(self.host, [op for op, _ in batch])
                 except BaseException as error:
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(error)
-                    raise
+                    if not isinstance(error, CountersError):
+                        raise
+                    continue
                 for (_, future), outcome in zip(batch, outcomes, strict=True):
                     if future.done():
                         continue
@@ -185,7 +283,11 @@ class _Lane:
 
 
 class CounterStub:
-    """Awaitable RPC methods of one counter, as in the example's stub."""
+    """Awaitable RPC methods of one counter, as in the example's stub.
+
+    A changing call takes an optional `op_id`: send the same id again (after a timeout, say) and
+    the change is applied once, the first answer returned.
+    """
 
     def __init__(self, namespace: Namespace, name: str) -> None:
         self.namespace = namespace
@@ -195,14 +297,12 @@ class CounterStub:
         value: int = await self.namespace.call(Operation(self.name, "get_counter_value"))
         return value
 
-    async def increment(self, amount: int = 1) -> int:
-        operation = Operation(self.name, "increment", (check_amount(amount),))
-        value: int = await self.namespace.call(operation)
+    async def increment(self, amount: int = 1, *, op_id: str | None = None) -> int:
+        value: int = await self.namespace.call(_change(self.name, "increment", amount, op_id))
         return value
 
-    async def decrement(self, amount: int = 1) -> int:
-        operation = Operation(self.name, "decrement", (check_amount(amount),))
-        value: int = await self.namespace.call(operation)
+    async def decrement(self, amount: int = 1, *, op_id: str | None = None) -> int:
+        value: int = await self.namespace.call(_change(self.name, "decrement", amount, op_id))
         return value
 
     @property
@@ -211,7 +311,7 @@ class CounterStub:
         return BlockingCounterStub(self.namespace, self.name)
 
     def __repr__(self) -> str:
-        return f"CounterStub({self.name!r})"
+        return f"{type(self).__name__}({self.name!r})"
 
 
 class BlockingCounterStub:
@@ -225,15 +325,17 @@ class BlockingCounterStub:
         value: int = self.namespace.call_blocking(Operation(self.name, "get_counter_value"))
         return value
 
-    def increment(self, amount: int = 1) -> int:
-        operation = Operation(self.name, "increment", (check_amount(amount),))
-        value: int = self.namespace.call_blocking(operation)
+    def increment(self, amount: int = 1, *, op_id: str | None = None) -> int:
+        value: int = self.namespace.call_blocking(_change(self.name, "increment", amount, op_id))
         return value
 
-    def decrement(self, amount: int = 1) -> int:
-        operation = Operation(self.name, "decrement", (check_amount(amount),))
-        value: int = self.namespace.call_blocking(operation)
+    def decrement(self, amount: int = 1, *, op_id: str | None = None) -> int:
+        value: int = self.namespace.call_blocking(_change(self.name, "decrement", amount, op_id))
         return value
 
     def __repr__(self) -> str:
-        return f"BlockingCounterStub({self.name!r})"
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def _change(name: str, method: str, amount: int, op_id: str | None) -> Operation:
+    return Operation(name, method, (check_amount(amount),), op_id or new_op_id())

@@ -11,8 +11,11 @@ across Ray's process boundaries.
     │   ├── InvalidAmount    400  not an integer, or outside the signed 64-bit range
     │   └── UnknownMethod    400  the object has no such RPC method
     ├── CountOutOfRange      422  the change would leave the signed 64-bit range; nothing changed
+    ├── IdempotencyKeyReused 422  an operation id sent again with another request
     ├── StorageFailed        503  the commit failed; nothing of the call was stored
-    ├── HostUnavailable      503  the call never reached a host (creation or lookup failed)
+    │   └── StorageFull      507  the disk (or the file's page limit) is full
+    ├── Overloaded           503  too many operations wait for this host; nothing was sent
+    ├── HostUnavailable      503  no host answered within the deadline; retry with the same op id
     ├── OutcomeUnknown       503  the host died during the call: it may or may not have applied it
     └── ConfigError          500  a setting is invalid, or does not match the storage it uses
         └── LayoutMismatch   500  the storage dir holds another placement or shard count
@@ -25,12 +28,15 @@ __all__ = [
     "CountOutOfRange",
     "CountersError",
     "HostUnavailable",
+    "IdempotencyKeyReused",
     "InvalidAmount",
     "InvalidInput",
     "InvalidName",
     "LayoutMismatch",
     "OutcomeUnknown",
+    "Overloaded",
     "StorageFailed",
+    "StorageFull",
     "UnknownMethod",
 ]
 
@@ -71,10 +77,27 @@ class CountOutOfRange(CountersError):
     code = "count_out_of_range"
 
 
+class IdempotencyKeyReused(CountersError):
+    http_status = 422
+    retry_safe = False
+    code = "idempotency_key_reused"
+
+
 class StorageFailed(CountersError):
     http_status = 503
     retry_safe = True
     code = "storage_failed"
+
+
+class StorageFull(StorageFailed):
+    http_status = 507
+    code = "storage_full"
+
+
+class Overloaded(CountersError):
+    http_status = 503
+    retry_safe = True
+    code = "overloaded"
 
 
 class HostUnavailable(CountersError):

@@ -10,22 +10,38 @@ Lifecycle and failure semantics of a host:
   storage dir that is missing, read-only or mismatched fails the operations with a clear error
   instead of killing the actor, and the host recovers by itself once the cause is gone.
 - `apply` runs the batch's operations one after another, each against its object's storage. An
-  operation that raises fails alone: its writes are dropped and its caller gets the error.
-- Then every kept write of the batch is committed in one SQLite transaction (group commit), and
-  only then are the outcomes returned. If the commit fails, every operation of the batch fails
-  with StorageFailed and nothing of it is acknowledged or kept in memory.
+  operation that raises fails alone: its writes are dropped and its caller gets the error. An
+  operation whose id the object already applied is answered with the first result, no effect.
+- Then every kept write of the batch, and the ids of the operations that made them, are committed
+  in one SQLite transaction (group commit), and only then are the outcomes returned. If the commit
+  fails, every operation of the batch fails with StorageFailed and nothing of it is acknowledged
+  or kept in memory.
 - If the process dies during `apply`, nothing uncommitted was acknowledged. Ray restarts the actor
   and objects are loaded from disk again on their next call.
+- Passivation: `sweep` drops objects idle for longer than ``idle_timeout`` from memory, and the
+  least recently used ones beyond ``max_objects``. Their state is on disk, so they load again on
+  their next call. It runs between batches (Ray runs one call at a time), so it never races one.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CountersError, InvalidInput, StorageFailed, UnknownMethod
+from .applied_log import AppliedLog, AppliedOp, Retention
+from .errors import (
+    CountersError,
+    IdempotencyKeyReused,
+    InvalidInput,
+    StorageFailed,
+    UnknownMethod,
+)
 from .object_storage import ObjectStorage
 from .operations import Operation, Outcome
 from .placement import Layout
@@ -33,58 +49,124 @@ from .sqlite_store import SqliteStore
 from .storage_dir import StorageDir
 from .validation import validate_name
 
-__all__ = ["ObjectHost"]
+__all__ = ["HostConfig", "ObjectHost"]
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    retention: Retention = field(default_factory=Retention)
+    idle_timeout: float = 60.0  # seconds an object stays in memory unused
+    max_objects: int = 100_000  # objects in memory at most, least recently used dropped first
+
+
+@dataclass(slots=True)
+class _Active:
+    """An object in memory: the instance, its storage and its applied ids."""
+
+    instance: Any
+    storage: ObjectStorage
+    applied: AppliedLog
+    last_used: float
 
 
 class ObjectHost:
     """Hosts objects of one class, keyed by name, with their state in one SQLite file."""
 
     def __init__(
-        self, object_class: type, host_name: str, storage_dir: str, layout: Layout
+        self,
+        object_class: type,
+        host_name: str,
+        storage_dir: str,
+        layout: Layout,
+        config: HostConfig | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.object_class = object_class
         self.host_name = host_name
         self.layout = layout
+        self.config = config or HostConfig()
+        self._clock = clock
         self._storage_dir = StorageDir(Path(storage_dir))
         self._store: SqliteStore | None = None
-        self._objects: dict[str, tuple[Any, ObjectStorage]] = {}
+        self._objects: OrderedDict[str, _Active] = OrderedDict()  # least recently used first
         self._signatures: dict[str, inspect.Signature] = {}
         self._batches = 0
         self._operations = 0
+        self._passivated = 0
+        self._last_call = clock()
 
     def apply(self, operations: Sequence[Operation]) -> tuple[Outcome, ...]:
         """Run `operations` in order and commit their writes together; one Outcome each."""
+        now = self._last_call = self._clock()
         self._batches += 1
         self._operations += len(operations)
         try:
             store = self._open_store()
         except CountersError as error:
             return tuple(Outcome(error=error) for _ in operations)
-        outcomes: list[Outcome] = []
-        touched: dict[str, ObjectStorage] = {}
-        for operation in operations:
-            outcomes.append(self._run(operation, store, touched))
-        if not any(storage.has_staged() for storage in touched.values()):
-            return tuple(outcomes)  # a batch of reads needs no commit
+        touched: dict[str, _Active] = {}
+        outcomes = tuple(self._run(operation, store, touched, now) for operation in operations)
+        if not any(a.storage.has_staged() or a.applied.staged() for a in touched.values()):
+            return outcomes  # a batch of reads needs no commit
+        forgotten = {
+            name: active.applied.expired(now, self.config.retention)
+            for name, active in touched.items()
+        }
         try:
             store.write(
-                (name, key, text)
-                for name, storage in touched.items()
-                for key, text in storage.staged()
+                changes=(
+                    (name, key, text)
+                    for name, active in touched.items()
+                    for key, text in active.storage.staged()
+                ),
+                applied=(
+                    (name, op_id, applied)
+                    for name, active in touched.items()
+                    for op_id, applied in active.applied.staged()
+                ),
+                forgotten=((name, op_id) for name, ids in forgotten.items() for op_id in ids),
             )
         except StorageFailed as error:
-            for name, storage in touched.items():
-                storage.abort()
+            for name in touched:
                 # The file may know better than our cache after a failed commit: reload it.
                 self._objects.pop(name, None)
             return tuple(Outcome(error=error) for _ in operations)
-        for storage in touched.values():
-            storage.commit()
-        return tuple(outcomes)
+        for name, active in touched.items():
+            active.storage.commit()
+            active.applied.commit(forgotten[name])
+        if len(self._objects) > self.config.max_objects:
+            self.sweep()
+        return outcomes
 
-    def call(self, object_name: str, method: str, *args: Any) -> Any:
+    def call(self, object_name: str, method: str, *args: Any, op_id: str | None = None) -> Any:
         """One operation, for callers using bare Ray: returns its value or raises its error."""
-        return self.apply([Operation(object_name, method, args)])[0].unwrap()
+        return self.apply([Operation(object_name, method, args, op_id)])[0].unwrap()
+
+    def sweep(self) -> int:
+        """Passivate idle objects and those beyond the memory cap; how many were dropped."""
+        now = self._clock()
+        dropped = 0
+        while self._objects:
+            name, active = next(iter(self._objects.items()))
+            idle = now - active.last_used > self.config.idle_timeout
+            if not idle and len(self._objects) <= self.config.max_objects:
+                break
+            del self._objects[name]
+            dropped += 1
+        self._passivated += dropped
+        return dropped
+
+    def forget_expired_ids(self) -> int:
+        """Forget ids past the retention window on disk, objects in memory or not."""
+        if self._store is None:
+            return 0
+        horizon = self._clock() - self.config.retention.window
+        self._objects.clear()  # their logs in memory may hold what the disk just forgot
+        return self._store.forget_applied_before(horizon)
+
+    def idle_for(self) -> float:
+        """Seconds since the last batch."""
+        return self._clock() - self._last_call
 
     def stats(self) -> dict[str, int]:
         """Calls (batches) and operations served since the actor started, objects in memory."""
@@ -92,6 +174,7 @@ class ObjectHost:
             "batches": self._batches,
             "operations": self._operations,
             "objects": len(self._objects),
+            "passivated": self._passivated,
         }
 
     def __repr__(self) -> str:
@@ -99,38 +182,57 @@ class ObjectHost:
         return f"{type(self).__name__}({self.host_name})"
 
     def _run(
-        self, operation: Operation, store: SqliteStore, touched: dict[str, ObjectStorage]
+        self, operation: Operation, store: SqliteStore, touched: dict[str, _Active], now: float
     ) -> Outcome:
         try:
             name = validate_name(operation.object_name)
-            instance, storage = self._activate(name, store)
-            method = self._method(instance, operation.method, operation.args)
+            active = self._activate(name, store, now)
+            method = self._method(active.instance, operation.method, operation.args)
         except CountersError as error:
             return Outcome(error=error)
-        touched[name] = storage
+        touched[name] = active
+        op_id = operation.op_id
+        if op_id is not None:
+            request = _request(operation)
+            seen = active.applied.find(op_id)
+            if seen is not None:
+                if seen.request != request:
+                    return Outcome(
+                        error=IdempotencyKeyReused(
+                            f"operation id {op_id!r} was used for {seen.request}, "
+                            f"not {request}; use a new id for a new operation"
+                        )
+                    )
+                return Outcome(value=json.loads(seen.result))
         try:
             value = method(*operation.args)
         except CountersError as error:
-            storage.end_operation(keep=False)
+            active.storage.end_operation(keep=False)
             return Outcome(error=error)
         except Exception as error:  # a bug in the object: fail this operation, keep the host
-            storage.end_operation(keep=False)
+            active.storage.end_operation(keep=False)
             return Outcome(
                 error=CountersError(
                     f"{self.object_class.__name__}.{operation.method} raised "
                     f"{type(error).__name__}: {error}"
                 )
             )
-        storage.end_operation(keep=True)
+        wrote = active.storage.end_operation(keep=True)
+        if op_id is not None and wrote:
+            active.applied.stage(op_id, AppliedOp(now, _request(operation), json.dumps(value)))
         return Outcome(value=value)
 
-    def _activate(self, name: str, store: SqliteStore) -> tuple[Any, ObjectStorage]:
-        found = self._objects.get(name)
-        if found is None:
-            storage = ObjectStorage(store.load(name))
-            found = (self.object_class(storage), storage)
-            self._objects[name] = found
-        return found
+    def _activate(self, name: str, store: SqliteStore, now: float) -> _Active:
+        active = self._objects.get(name)
+        if active is None:
+            state, applied = store.load(name)
+            storage = ObjectStorage(state)
+            active = _Active(self.object_class(storage), storage, AppliedLog(applied), now)
+            self._objects[name] = active
+        else:
+            self._objects.move_to_end(name)
+            active.last_used = now
+        return active
 
     def _method(self, instance: Any, name: str, args: tuple[Any, ...]) -> Callable[..., Any]:
         # Only public methods defined by the object's class are RPC methods.
@@ -151,3 +253,8 @@ class ObjectHost:
             self._storage_dir.bind_layout(self.layout)
             self._store = SqliteStore(self._storage_dir.host_path(self.host_name), self.host_name)
         return self._store
+
+
+def _request(operation: Operation) -> str:
+    """What an operation asks, compactly: ``increment(5)``."""
+    return f"{operation.method}({json.dumps(operation.args)[1:-1]})"

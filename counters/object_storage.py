@@ -90,11 +90,13 @@ class ObjectStorage:
 
     # The host's side: operation and batch boundaries.
 
-    def end_operation(self, keep: bool) -> None:
-        """Keep the running operation's writes in the batch, or drop them."""
+    def end_operation(self, keep: bool) -> bool:
+        """Keep the running operation's writes in the batch, or drop them; True if it wrote."""
+        wrote = bool(self._op)
         if keep:
             self._batch.update(self._op)
         self._op.clear()
+        return wrote
 
     def staged(self) -> Iterator[tuple[str, Any]]:
         """The batch's writes: (key, JSON text) pairs, DELETED for a deletion."""

@@ -17,6 +17,7 @@ class Operation:
     object_name: str
     method: str
     args: tuple[Any, ...] = ()
+    op_id: str | None = None  # a changing operation's id: sent twice, applied once
 
 
 @dataclass(frozen=True, slots=True)

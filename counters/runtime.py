@@ -37,8 +37,27 @@ def host_actor_class(object_class: type) -> ActorClass[Any]:
     """The Ray actor class hosting `object_class`; shown in the dashboard as e.g. CounterHost."""
     name = f"{object_class.__name__}Host"
     # A subclass per hosted class, so the dashboard's class column says what an actor hosts.
-    host_class = type(name, (ObjectHost,), {"__qualname__": name, "__module__": __name__})
+    host_class = type(
+        name,
+        (_RayHost,),
+        {"__qualname__": name, "__module__": __name__},
+    )
     return ray.remote(host_class)
+
+
+class _RayHost(ObjectHost):
+    """What a host can only do as a Ray actor."""
+
+    def passivate_if_idle(self, idle_seconds: float) -> bool:
+        """Exit for good (no restart) if no batch came for `idle_seconds`; False if busy.
+
+        Ray runs this between batches, so no call is cut short. Calls queued behind it fail
+        with ActorDiedError; the client retries them on a new actor, which loads from disk.
+        """
+        if self.idle_for() < idle_seconds:
+            return False
+        ray.actor.exit_actor()  # type: ignore[no-untyped-call]
+        return True  # not reached: exit_actor ends the actor
 
 
 def get_or_create_host(
@@ -65,7 +84,7 @@ def get_or_create_host(
         options["resources"] = {settings.host_resource: 0.001}
     actor_class = host_actor_class(object_class)
     handle = actor_class.options(**options).remote(
-        object_class, host_name, str(settings.storage_path), layout
+        object_class, host_name, str(settings.storage_path), layout, settings.host_config()
     )
     return cast(ActorHandle[Any], handle)
 

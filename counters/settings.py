@@ -13,7 +13,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .applied_log import Retention
 from .errors import ConfigError
+from .host import HostConfig
 from .placement import Layout, Placement
 
 __all__ = ["ENV_PREFIX", "Settings"]
@@ -36,6 +38,13 @@ class Settings:
     dashboard_port: int = 8265
     host_resource: str | None = None
     max_batch: int = 1024
+    max_queue: int = 10_000
+    deadline: float = 10.0
+    idle_timeout: float = 60.0
+    max_actors_per_node: int = 256
+    max_objects_per_host: int = 100_000
+    id_retention: float = 24 * 3600.0
+    max_ids_per_object: int = 10_000
 
     def __post_init__(self) -> None:
         _check(1 <= self.port <= 65535 or self.port == 0, "port", "a TCP port (0 to 65535)")
@@ -44,6 +53,13 @@ class Settings:
         _check(bool(self.namespace.strip()), "namespace", "a non-empty Ray namespace")
         _check(bool(self.storage_dir), "storage_dir", "a directory path")
         _check(self.max_batch >= 1, "max_batch", "at least 1")
+        _check(self.max_queue >= 1, "max_queue", "at least 1")
+        _check(self.deadline > 0, "deadline", "more than 0 seconds")
+        _check(self.idle_timeout > 0, "idle_timeout", "more than 0 seconds")
+        _check(self.max_actors_per_node >= 1, "max_actors_per_node", "at least 1")
+        _check(self.max_objects_per_host >= 1, "max_objects_per_host", "at least 1")
+        _check(self.id_retention > 0, "id_retention", "more than 0 seconds")
+        _check(self.max_ids_per_object >= 1, "max_ids_per_object", "at least 1")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -64,6 +80,16 @@ class Settings:
             raise TypeError(f"unknown settings: {sorted(unknown)}")
         return cls(**values)
 
+    def host_config(self) -> HostConfig:
+        """What every host actor is created with."""
+        # A retried id must still be known when the retry arrives: keep ids past any deadline.
+        floor = max(120.0, 4 * self.deadline)
+        return HostConfig(
+            retention=Retention(self.id_retention, self.max_ids_per_object, floor),
+            idle_timeout=self.idle_timeout,
+            max_objects=self.max_objects_per_host,
+        )
+
     def layout(self, object_class: type) -> Layout:
         """How objects of `object_class` are placed on hosts under these settings."""
         return Layout(object_class.__name__, self.placement, self.shards)
@@ -83,15 +109,14 @@ def _check(ok: bool, name: str, wanted: str) -> None:
         raise ConfigError(f"--{_dashed(name)} ({ENV_PREFIX}{name.upper()}) must be {wanted}")
 
 
-_INTEGERS = {"port", "shards", "dashboard_port", "max_batch"}
-
-
 def _convert(name: str, value: Any, source: str) -> Any:
-    if name in _INTEGERS:
+    kind = {field.name: field.type for field in fields(Settings)}[name]
+    if kind in ("int", "float"):
         try:
-            return int(value)
+            return int(value) if kind == "int" else float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{source} must be an integer, got {value!r}") from None
+            wanted = "an integer" if kind == "int" else "a number"
+            raise ConfigError(f"{source} must be {wanted}, got {value!r}") from None
     if name == "placement":
         try:
             return Placement(value)

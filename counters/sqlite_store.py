@@ -22,7 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import StorageFailed
+from .applied_log import AppliedOp
+from .errors import StorageFailed, StorageFull
 from .object_storage import DELETED
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
@@ -41,6 +42,19 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE applied (
+            object  TEXT NOT NULL,
+            op_id   TEXT NOT NULL,
+            at      REAL NOT NULL,
+            request TEXT NOT NULL,
+            result  TEXT NOT NULL,
+            PRIMARY KEY (object, op_id)
+        ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 _UPSERT = (
@@ -48,8 +62,12 @@ _UPSERT = (
     "ON CONFLICT (object, key) DO UPDATE SET value = excluded.value"
 )
 _DELETE = "DELETE FROM kv WHERE object = ? AND key = ?"
+_RECORD = "INSERT INTO applied (object, op_id, at, request, result) VALUES (?, ?, ?, ?, ?)"
+_FORGET = "DELETE FROM applied WHERE object = ? AND op_id = ?"
 
 Change = tuple[str, str, Any]  # (object, key, JSON text or DELETED)
+Applied = tuple[str, str, AppliedOp]  # (object, op_id, what it did)
+Forgotten = tuple[str, str]  # (object, op_id)
 
 
 class SqliteStore:
@@ -72,18 +90,26 @@ class SqliteStore:
         row = self._db.execute("SELECT max(version) FROM schema_version").fetchone()
         return int(row[0] or 0)
 
-    def load(self, object_name: str) -> dict[str, str]:
-        """Every committed key of one object, as JSON text."""
+    def load(self, object_name: str) -> tuple[dict[str, str], list[tuple[str, AppliedOp]]]:
+        """One object's committed keys (as JSON text) and the operation ids it applied."""
         try:
             rows = self._db.execute(
                 "SELECT key, value FROM kv WHERE object = ?", (object_name,)
             ).fetchall()
+            applied = self._db.execute(
+                "SELECT op_id, at, request, result FROM applied WHERE object = ?", (object_name,)
+            ).fetchall()
         except sqlite3.Error as error:
             raise StorageFailed(f"cannot read storage {self.path}: {error}") from None
-        return dict(rows)
+        return dict(rows), [(op_id, AppliedOp(*rest)) for op_id, *rest in applied]
 
-    def write(self, changes: Iterable[Change]) -> None:
-        """Apply `changes` in one durable transaction, or apply none and raise StorageFailed."""
+    def write(
+        self,
+        changes: Iterable[Change],
+        applied: Iterable[Applied] = (),
+        forgotten: Iterable[Forgotten] = (),
+    ) -> None:
+        """Apply all of it in one durable transaction, or none of it and raise StorageFailed."""
         upserts: list[tuple[str, str, str]] = []
         deletes: list[tuple[str, str]] = []
         for object_name, key, text in changes:
@@ -91,24 +117,41 @@ class SqliteStore:
                 deletes.append((object_name, key))
             else:
                 upserts.append((object_name, key, text))
-        if not upserts and not deletes:
+        records = [(name, op_id, a.at, a.request, a.result) for name, op_id, a in applied]
+        forgets = list(forgotten)
+        if not (upserts or deletes or records or forgets):
             return
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                if upserts:
-                    self._db.executemany(_UPSERT, upserts)
-                if deletes:
-                    self._db.executemany(_DELETE, deletes)
+                for sql, rows in (
+                    (_UPSERT, upserts),
+                    (_DELETE, deletes),
+                    (_FORGET, forgets),
+                    (_RECORD, records),
+                ):
+                    if rows:
+                        self._db.executemany(sql, rows)
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as error:
-            raise StorageFailed(
+            full = isinstance(error, sqlite3.OperationalError) and "full" in str(error)
+            kind = StorageFull if full else StorageFailed
+            raise kind(
                 f"storage {self.path} refused the write, nothing of it was stored: {error}"
             ) from None
+
+    def forget_applied_before(self, at: float) -> int:
+        """Forget every recorded operation id older than `at`; how many were forgotten."""
+        try:
+            with self._db:
+                cursor = self._db.execute("DELETE FROM applied WHERE at < ?", (at,))
+        except sqlite3.Error as error:
+            raise StorageFailed(f"cannot sweep storage {self.path}: {error}") from None
+        return cursor.rowcount
 
     def close(self) -> None:
         self._db.close()

@@ -6,6 +6,10 @@
     GET  /healthz             ok
     anything else             404 Not found
 
+A changing request may carry an ``Idempotency-Key`` header: sent again, it is applied once and
+answered as the first time. Errors of a changing request name the key used (the caller's or a
+fresh one), so that a client can retry safely after a 503.
+
 Answers are the example's plain text, or ``{"name": ..., "count": ...}`` for a client that
 accepts application/json. Errors carry their reason in the body; the status comes from the error
 (`counters.errors`), and 503s say when to retry.
@@ -13,15 +17,18 @@ accepts application/json. Errors carry their reason in the body; the status come
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from counters.client import Namespace
-from counters.errors import CountersError, InvalidName
+from counters.client import Namespace, new_op_id
+from counters.errors import CountersError, InvalidInput, InvalidName
 from counters.validation import parse_amount, validate_name
 
 from .query import QueryParams
@@ -37,6 +44,8 @@ NO_NAME = (
 READ_METHODS = ("GET", "HEAD")
 CHANGE_METHODS = ("GET", "POST")
 FORM = "application/x-www-form-urlencoded"
+OP_ID = web.RequestKey("op_id", str)  # the operation id of a changing request
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +54,7 @@ def make_app(namespace: Namespace) -> web.Application:
     """The gateway over `namespace`; the caller owns Ray and the namespace's lifetime."""
     app = web.Application(middlewares=[_errors_as_responses])
     app[NAMESPACE] = namespace
+    app.cleanup_ctx.append(_passivation)
     app.add_routes(
         [
             web.route("*", "/", _read),
@@ -72,8 +82,10 @@ def _changer(method: str) -> Callable[[web.Request], Awaitable[web.StreamRespons
         name = _name(params)
         amount_text = params.first("amount")
         amount = 1 if amount_text is None else parse_amount(amount_text)
+        op_id = request[OP_ID] = _idempotency_key(request) or new_op_id()
         stub = request.app[NAMESPACE].get_by_name(name)
-        count = await (stub.increment(amount) if method == "increment" else stub.decrement(amount))
+        change = stub.increment if method == "increment" else stub.decrement
+        count = await change(amount, op_id=op_id)
         return _count_response(request, name, count)
 
     return change
@@ -86,6 +98,33 @@ async def _healthz(request: web.Request) -> web.StreamResponse:
 
 async def _not_found(request: web.Request) -> web.StreamResponse:
     return _respond(request, 404, "Not found", {"error": "not_found", "message": "Not found"})
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _KEY.fullmatch(key):
+        raise InvalidInput("Idempotency-Key must be 1 to 255 visible ASCII characters")
+    return key
+
+
+async def _passivation(app: web.Application) -> AsyncIterator[None]:
+    """In the background: idle objects leave memory, idle per-name actors stop."""
+    namespace = app[NAMESPACE]
+
+    async def run() -> None:
+        interval = min(30.0, max(0.5, namespace.settings.idle_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await namespace.maintain()
+            except Exception:  # keep going: a failed round is retried at the next one
+                log.exception("passivation round failed")
+
+    task = asyncio.create_task(run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _allow(request: web.Request, methods: tuple[str, ...]) -> None:
@@ -129,6 +168,7 @@ def _respond(
     body: dict[str, Any],
     headers: dict[str, str] | None = None,
 ) -> web.Response:
+    headers = headers or None
     if _wants_json(request):
         return web.Response(
             status=status,
@@ -148,7 +188,9 @@ async def _errors_as_responses(
     try:
         return await handler(request)
     except CountersError as error:
-        headers = {"Retry-After": "1"} if error.http_status == 503 else None
+        headers = {"Retry-After": "1"} if error.http_status in (503, 507) else {}
+        if OP_ID in request:
+            headers["Idempotency-Key"] = request[OP_ID]  # retry with it: applied at most once
         if error.http_status >= 500:
             log.warning("%s %s failed: %s", request.method, request.path_qs, error)
         body = {"error": error.code, "message": error.message}

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from counters.applied_log import Retention
 from counters.counter import Counter
 from counters.errors import (
     CountersError,
     CountOutOfRange,
+    IdempotencyKeyReused,
     InvalidAmount,
     InvalidInput,
     InvalidName,
     LayoutMismatch,
     StorageFailed,
+    StorageFull,
     UnknownMethod,
 )
-from counters.host import ObjectHost
+from counters.host import HostConfig, ObjectHost
 from counters.operations import Operation, Outcome
 from counters.placement import Layout, Placement
+from counters.storage_dir import StorageDir
 from counters.validation import INT64_MAX
 
 LAYOUT = Layout("Counter", Placement.SHARDED, 2)
@@ -45,7 +50,7 @@ def test_a_batch_runs_in_order_and_commits_once(tmp_path: Path) -> None:
         ]
     )
     assert values(outcomes) == [1, 10, 3, 3, 9]
-    assert host.stats() == {"batches": 1, "operations": 5, "objects": 2}
+    assert host.stats() == {"batches": 1, "operations": 5, "objects": 2, "passivated": 0}
     # A new host on the same files (an actor restarted after a crash) sees it all.
     again = make_host(tmp_path)
     assert values(again.apply([Operation("A", "get_counter_value")])) == [3]
@@ -121,7 +126,7 @@ def test_a_failed_commit_acknowledges_nothing_and_recovers(tmp_path: Path) -> No
     batch = [Operation(f"n{i}", "increment", (1,)) for i in range(3000)]
     batch += [Operation("A", "increment", (1,)), Operation("A", "get_counter_value")]
     outcomes = host.apply(batch)
-    assert {type(o.error) for o in outcomes} == {StorageFailed}
+    assert {type(o.error) for o in outcomes} == {StorageFull}
     # Memory forgot the failed batch as well as the disk did.
     assert host.call("A", "get_counter_value") == 5
     store._db.execute("PRAGMA max_page_count=1073741823")
@@ -144,3 +149,79 @@ def test_a_mismatched_layout_is_refused(tmp_path: Path) -> None:
     other = make_host(tmp_path, Layout("Counter", Placement.SHARDED, 3))
     outcomes = other.apply([Operation("A", "get_counter_value")])
     assert isinstance(outcomes[0].error, LayoutMismatch)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_operation_id_is_applied_once(tmp_path: Path) -> None:
+    host = make_host(tmp_path)
+    assert host.call("A", "increment", 5, op_id="k1") == 5
+    assert host.call("A", "increment", 5, op_id="k1") == 5  # the first answer, no second effect
+    outcomes = host.apply(
+        [
+            Operation("A", "increment", (1,), "k2"),
+            Operation("A", "increment", (1,), "k2"),  # repeated within one batch
+            Operation("A", "increment", (5,), "k1"),
+            Operation("B", "increment", (5,), "k1"),  # ids are per object
+        ]
+    )
+    assert values(outcomes) == [6, 6, 5, 5]
+    # The ids are on disk with the change: a restarted host still knows them.
+    again = make_host(tmp_path)
+    assert again.call("A", "increment", 1, op_id="k2") == 6
+    assert again.call("A", "get_counter_value") == 6
+    with pytest.raises(IdempotencyKeyReused, match=r"increment\(1\)"):
+        again.call("A", "decrement", 1, op_id="k2")
+    assert again.call("A", "get_counter_value") == 6
+
+
+def test_a_failed_operation_does_not_use_up_its_id(tmp_path: Path) -> None:
+    host = make_host(tmp_path)
+    host.call("A", "increment", INT64_MAX)
+    with pytest.raises(CountOutOfRange):
+        host.call("A", "increment", 1, op_id="k")
+    host.call("A", "decrement", 1)
+    assert host.call("A", "increment", 1, op_id="k") == INT64_MAX
+
+
+def test_ids_expire_after_the_window_and_beyond_the_bound(tmp_path: Path) -> None:
+    clock = Clock()
+    retention = Retention(window=3600, max_per_object=3, floor=10)
+    host = ObjectHost(Counter, "h", str(tmp_path), LAYOUT, HostConfig(retention=retention), clock)
+    for i in range(5):
+        host.call("A", "increment", 1, op_id=f"k{i}")  # all within the floor: all kept
+    assert len(host._objects["A"].applied) == 5
+    clock.now += 11
+    host.call("A", "increment", 1, op_id="k5")
+    assert len(host._objects["A"].applied) == 3  # past the floor, the bound holds again
+    assert host.call("A", "increment", 1, op_id="k5") == 6
+    assert host.call("A", "increment", 1, op_id="k0") == 7  # forgotten: applied anew
+    clock.now += 3601
+    assert host.forget_expired_ids() >= 3
+    with sqlite3.connect(StorageDir(tmp_path).host_path("h")) as db:
+        assert db.execute("SELECT count(*) FROM applied").fetchone() == (0,)
+
+
+def test_idle_objects_are_passivated_and_reload(tmp_path: Path) -> None:
+    clock = Clock()
+    host = ObjectHost(
+        Counter, "h", str(tmp_path), LAYOUT, HostConfig(idle_timeout=60, max_objects=3), clock
+    )
+    for name in "ABCDE":
+        host.call(name, "increment", 1, op_id=f"{name}-1")
+    assert host.stats()["objects"] == 3  # the cap: least recently used dropped
+    clock.now += 30
+    host.call("E", "increment", 1)
+    clock.now += 31
+    assert host.sweep() == 2  # C and D idle past 60 s; E was used 31 s ago
+    assert host.stats() == {"batches": 6, "operations": 6, "objects": 1, "passivated": 4}
+    # Passivated objects come back from disk, with their ids.
+    assert host.call("A", "increment", 1, op_id="A-1") == 1
+    assert host.call("A", "increment", 1) == 2
+    assert host.idle_for() == 0

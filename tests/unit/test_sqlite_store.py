@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from counters.errors import StorageFailed
+from counters.errors import StorageFailed, StorageFull
 from counters.object_storage import DELETED
 from counters.sqlite_store import MIGRATIONS, SqliteStore
 
@@ -27,8 +27,8 @@ def test_write_is_committed_and_survives_reopening(tmp_path: Path) -> None:
             "Counter.shard-0-of-1",
         )
     reopened = SqliteStore(path, "Counter.shard-0-of-1")
-    assert reopened.load("A") == {"value": "3"}
-    assert reopened.load("nobody") == {}
+    assert reopened.load("A") == ({"value": "3"}, [])
+    assert reopened.load("nobody") == ({}, [])
     assert reopened.schema_version() == MIGRATIONS[-1][0]
 
 
@@ -38,14 +38,14 @@ def test_full_disk_stores_nothing_and_recovers(tmp_path: Path) -> None:
     pages = store._db.execute("PRAGMA page_count").fetchone()[0]
     store._db.execute(f"PRAGMA max_page_count={pages}")  # SQLite's own "disk full"
     big = [(f"name-{i}", "value", str(i)) for i in range(5000)] + [("A", "value", "2")]
-    with pytest.raises(StorageFailed, match="nothing of it was stored"):
+    with pytest.raises(StorageFull, match="nothing of it was stored"):
         store.write(big)
-    assert store.load("A") == {"value": "1"}
-    assert store.load("name-0") == {}
+    assert store.load("A")[0] == {"value": "1"}
+    assert store.load("name-0")[0] == {}
     store._db.execute("PRAGMA max_page_count=1073741823")
     store.write(big)
-    assert store.load("A") == {"value": "2"}
-    assert store.load("name-4999") == {"value": "4999"}
+    assert store.load("A")[0] == {"value": "2"}
+    assert store.load("name-4999")[0] == {"value": "4999"}
 
 
 def test_unopenable_path_is_a_storage_error(tmp_path: Path) -> None:
