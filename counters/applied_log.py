@@ -13,7 +13,6 @@ first.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -35,10 +34,11 @@ class AppliedOp:
 
 
 class AppliedLog:
+    __slots__ = ("_committed", "_staged")
+
     def __init__(self, rows: Iterable[tuple[str, AppliedOp]] = ()) -> None:
-        self._committed: OrderedDict[str, AppliedOp] = OrderedDict(
-            sorted(rows, key=lambda row: row[1].at)
-        )
+        # Plain dicts keep insertion order, oldest first; a host holds many of these.
+        self._committed: dict[str, AppliedOp] = dict(sorted(rows, key=lambda row: row[1].at))
         self._staged: dict[str, AppliedOp] = {}
 
     def __len__(self) -> int:

@@ -36,6 +36,7 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("max_objects_per_host", int, "objects a host keeps in memory at most"),
     ("id_retention", float, "seconds an operation id is remembered"),
     ("max_ids_per_object", int, "operation ids remembered per object (past the retry window)"),
+    ("access_log", bool, "log every request (costs throughput)"),
 ]
 
 
@@ -55,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
         if isinstance(default, Placement):
             default = default.value
         shown = f" (default {default})" if default is not None else ""
+        if kind is bool:
+            serve.add_argument(
+                "--" + name.replace("_", "-"),
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=text + shown,
+            )
+            continue
         serve.add_argument(
             "--" + name.replace("_", "-"),
             type=kind,

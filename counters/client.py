@@ -28,9 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -58,7 +58,8 @@ _FORGET_EVERY = 3600.0  # seconds between sweeps of expired operation ids on dis
 
 
 def new_op_id() -> str:
-    return uuid.uuid4().hex
+    """A fresh operation id: 96 random bits, short enough to store with every change."""
+    return secrets.token_urlsafe(12)
 
 
 class Namespace:

@@ -16,6 +16,8 @@ __all__ = ["Counter"]
 class Counter:
     """A named 64-bit signed counter that starts at 0."""
 
+    __slots__ = ("storage",)
+
     def __init__(self, storage: ObjectStorage) -> None:
         self.storage = storage
 

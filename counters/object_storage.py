@@ -51,6 +51,8 @@ def _decode(text: str) -> Any:
 class ObjectStorage:
     """Key-value storage of one object: ``get``, ``put``, ``delete``, ``list``."""
 
+    __slots__ = ("_batch", "_committed", "_op")
+
     def __init__(self, committed: Mapping[str, str] | None = None) -> None:
         self._committed: dict[str, str] = dict(committed or {})
         self._batch: dict[str, Any] = {}  # key -> JSON text or DELETED

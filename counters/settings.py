@@ -42,9 +42,10 @@ class Settings:
     deadline: float = 10.0
     idle_timeout: float = 60.0
     max_actors_per_node: int = 256
-    max_objects_per_host: int = 100_000
+    max_objects_per_host: int = 10_000
     id_retention: float = 24 * 3600.0
     max_ids_per_object: int = 10_000
+    access_log: bool = False
 
     def __post_init__(self) -> None:
         _check(1 <= self.port <= 65535 or self.port == 0, "port", "a TCP port (0 to 65535)")
@@ -111,6 +112,15 @@ def _check(ok: bool, name: str, wanted: str) -> None:
 
 def _convert(name: str, value: Any, source: str) -> Any:
     kind = {field.name: field.type for field in fields(Settings)}[name]
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{source} must be true or false, got {value!r}")
     if kind in ("int", "float"):
         try:
             return int(value) if kind == "int" else float(value)

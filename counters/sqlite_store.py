@@ -75,15 +75,20 @@ class SqliteStore:
 
     def __init__(self, path: Path, host_name: str) -> None:
         self.path = path
+        db: sqlite3.Connection | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we issue BEGIN and COMMIT ourselves, nothing implicit.
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            db = self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
             self._migrate()
             self._record_owner(host_name)
         except (OSError, sqlite3.Error) as error:
+            if db is not None:
+                # A half-open connection keeps SQLite's shared memory of the file in this
+                # process as it found it (read-only, say), and every later open would inherit it.
+                db.close()
             raise StorageFailed(f"cannot open storage {path}: {error}") from None
 
     def schema_version(self) -> int:

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.functional.service import Service
+from counters.testing import Service
 
 pytestmark = pytest.mark.slow
 
@@ -91,3 +91,31 @@ def test_the_readme_python_client_works_against_a_running_service(tmp_path: Path
         assert result.returncode == 0, result.stderr
         assert result.stdout.split() == ["6", "7"]
         assert service.get("/?name=A") == (200, "Durable Object 'A' count: 7")
+
+
+SOAK = Path(__file__).parents[2] / "bench" / "soak.py"
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        # Hosts SIGKILLed every 0.4 s, and the whole service (Ray included) crashed under load.
+        ["--placement", "sharded", "--kill-every", "0.4", "--restart-every", "5"],
+        ["--placement", "per-name", "--names", "8", "--kill-every", "0.4"],
+    ],
+    ids=["sharded-with-ray-restarts", "per-name"],
+)
+def test_soak_under_kills_and_restarts_loses_and_doubles_nothing(flags: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, str(SOAK), "--seconds", "14", "--clients", "12", *flags],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "soak: OK" in result.stdout
+    kills = int(result.stdout.split("host kills ")[1].split(",")[0])
+    assert kills >= 5, result.stdout
+    if "--restart-every" in flags:
+        restarts = int(result.stdout.split("service crashes and restarts ")[1].split()[0])
+        assert restarts >= 1, result.stdout

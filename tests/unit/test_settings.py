@@ -55,3 +55,13 @@ def test_storage_path_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_unknown_setting_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="colour"):
         Settings.load(environ={}, colour="red")
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1", True), ("yes", True), ("off", False)])
+def test_switches_read_the_usual_words(text: str, expected: bool) -> None:
+    assert Settings.load(environ={"COUNTERS_ACCESS_LOG": text}).access_log is expected
+
+
+def test_a_switch_refuses_other_words() -> None:
+    with pytest.raises(ConfigError, match="COUNTERS_ACCESS_LOG must be true or false"):
+        Settings.load(environ={"COUNTERS_ACCESS_LOG": "maybe"})

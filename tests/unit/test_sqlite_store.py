@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,27 @@ def test_unopenable_path_is_a_storage_error(tmp_path: Path) -> None:
 def test_migrations_are_numbered_in_order() -> None:
     versions = [version for version, _ in MIGRATIONS]
     assert versions == list(range(1, len(versions) + 1))
+
+
+def test_a_read_only_disk_fails_to_open_then_recovers(tiny_disk: Path) -> None:
+    path = tiny_disk / "h.sqlite3"
+    crashed = subprocess.run(  # a writer that died without closing: WAL files left behind
+        [sys.executable, "-c", CRASHED_WRITER, str(path)], capture_output=True, text=True
+    )
+    assert crashed.returncode == 0, crashed.stderr
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
+    try:
+        with pytest.raises(StorageFailed, match="cannot open storage"):
+            SqliteStore(path, "h")
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tiny_disk)], check=True)
+    assert SqliteStore(path, "h").load("A")[0] == {"value": "1"}
+
+
+CRASHED_WRITER = """
+import os, sys
+from pathlib import Path
+from counters.sqlite_store import SqliteStore
+SqliteStore(Path(sys.argv[1]), "h").write([("A", "value", "1")])
+os._exit(0)
+"""

@@ -1,7 +1,11 @@
-"""`counters serve` as a real child process, for tests that stop and start the whole service."""
+"""`counters serve` as a real child process, for tests and the soak script.
+
+Everything here targets loopback only: the service listens on 127.0.0.1 on free ports.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -84,6 +88,25 @@ class Service:
         self.process = None
         return code
 
+    def kill_everything(self) -> None:
+        """SIGKILL the service and every process it started, Ray included: a crash."""
+        assert self.process is not None
+        tree = [psutil.Process(self.process.pid), *self.descendants()]
+        for process in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs(tree, timeout=10)
+        self.process.wait(10)
+        self.process = None
+
+    def descendants(self) -> list[psutil.Process]:
+        assert self.process is not None
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+    def host_processes(self) -> list[psutil.Process]:
+        """The service's host actor processes (Ray titles them ``ray::CounterHost...``)."""
+        return host_processes(self.descendants())
+
     def leftovers(self, timeout: float = 20) -> list[psutil.Process]:
         """Processes of the stopped service still alive after `timeout` seconds."""
         _, alive = psutil.wait_procs(self.tree, timeout=timeout)
@@ -102,3 +125,13 @@ class Service:
             self.stop(signal.SIGKILL)
             for process in self.leftovers(timeout=5):
                 process.kill()
+
+
+def host_processes(candidates: list[psutil.Process] | None = None) -> list[psutil.Process]:
+    """Processes running a host actor, among `candidates` (default: all on this machine)."""
+    found = []
+    for process in candidates if candidates is not None else psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if "CounterHost" in " ".join(process.cmdline()[:1]):
+                found.append(process)
+    return found

@@ -1,0 +1,232 @@
+"""Real faults: SIGKILLed hosts, lost hosts, overload, full and read-only disks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import subprocess
+import threading
+import uuid
+from collections import Counter as Tally
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from aiohttp.test_utils import TestClient
+
+from counters.errors import CountersError, HostUnavailable, Overloaded
+from counters.placement import Placement
+from counters.testing import host_processes
+from gateway import make_app
+from tests.functional.conftest import NamespaceFactory
+
+
+async def test_sigkilled_hosts_lose_nothing_and_apply_nothing_twice(
+    make_namespace: NamespaceFactory, placement: Placement
+) -> None:
+    namespace = make_namespace(placement, deadline=30.0)
+    names = [f"c{i}" for i in range(6)]
+    acknowledged: Tally[str] = Tally()
+    unexpected: list[CountersError] = []
+    kills = 0
+    stop_killing = threading.Event()
+
+    def killer() -> None:
+        nonlocal kills
+        rng = random.Random(7)
+        while not stop_killing.wait(0.3):
+            victims = host_processes()
+            if victims:
+                with contextlib.suppress(Exception):
+                    rng.choice(victims).send_signal(signal.SIGKILL)
+                    kills += 1
+
+    async def client(seed: int, until: float) -> None:
+        rng = random.Random(seed)
+        loop = asyncio.get_running_loop()
+        while loop.time() < until:
+            name = rng.choice(names)
+            op_id = uuid.uuid4().hex
+            while True:  # the same id until acknowledged, as a careful client does
+                try:
+                    await namespace.get_by_name(name).increment(op_id=op_id)
+                    break
+                except CountersError as error:
+                    if not error.retry_safe:
+                        unexpected.append(error)
+                    await asyncio.sleep(0.05)
+            acknowledged[name] += 1
+
+    # Create the hosts before the killer starts, so it has victims from the first round.
+    await asyncio.gather(*(namespace.get_by_name(n).get_counter_value() for n in names))
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        until = asyncio.get_running_loop().time() + 8
+        await asyncio.gather(*(client(seed, until) for seed in range(12)))
+    finally:
+        stop_killing.set()
+        thread.join()
+    assert kills >= 10
+    assert unexpected == []
+    values = await asyncio.gather(*(namespace.get_by_name(n).get_counter_value() for n in names))
+    assert dict(zip(names, values, strict=True)) == {n: acknowledged[n] for n in names}
+    assert sum(acknowledged.values()) > 50
+
+
+async def test_idempotency_key_over_http(client: TestClient[Any, Any]) -> None:
+    headers = {"Idempotency-Key": "order-17"}
+    for _ in range(3):
+        async with client.post("/increment?name=A&amount=5", headers=headers) as response:
+            assert await response.text() == "Durable Object 'A' count: 5"
+    async with client.post("/increment?name=A&amount=6", headers=headers) as response:
+        assert response.status == 422
+        assert "increment(5)" in await response.text()
+    async with client.post("/increment?name=A", headers={"Idempotency-Key": "é"}) as response:
+        assert response.status == 400
+    async with client.get("/increment?name=A", headers={"Idempotency-Key": "order-18"}) as r:
+        assert await r.text() == "Durable Object 'A' count: 6"
+    async with client.get("/?name=A") as response:
+        assert await response.text() == "Durable Object 'A' count: 6"
+
+
+async def test_an_unreachable_host_is_503_within_the_deadline(
+    make_namespace: NamespaceFactory, aiohttp_client: Any
+) -> None:
+    # Hosts need a resource no node has: they can never start.
+    namespace = make_namespace(deadline=1.0, host_resource="no_such_node")
+    client = await aiohttp_client(make_app(namespace))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with client.post("/increment?name=A", headers={"Idempotency-Key": "k-1"}) as response:
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "1"
+        assert response.headers["Idempotency-Key"] == "k-1"
+        assert "deadline" in await response.text()
+    async with client.post("/increment?name=A") as response:
+        assert response.status == 503
+        assert len(response.headers["Idempotency-Key"]) == 16  # made for the caller to retry
+    assert loop.time() - started < 10
+    with pytest.raises(HostUnavailable, match="retry with the same operation id"):
+        await asyncio.to_thread(namespace.get_by_name("A").blocking.increment)
+
+
+async def test_overload_answers_at_once_and_drops_nothing_it_accepted(
+    make_namespace: NamespaceFactory,
+) -> None:
+    namespace = make_namespace(max_queue=20)
+    stub = namespace.get_by_name("hot")
+    results = await asyncio.gather(*(stub.increment() for _ in range(300)), return_exceptions=True)
+    accepted = [r for r in results if isinstance(r, int)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert refused, "a queue of 20 should have refused some of 300 at once"
+    assert all(isinstance(error, Overloaded) for error in refused)
+    assert await stub.get_counter_value() == len(accepted)
+    assert sorted(accepted) == list(range(1, len(accepted) + 1))
+
+
+async def test_idle_per_name_actors_stop_and_come_back(make_namespace: NamespaceFactory) -> None:
+    namespace = make_namespace(Placement.PER_NAME, idle_timeout=2.0, max_actors_per_node=3)
+    names = [f"p{i}" for i in range(5)]
+    await asyncio.gather(*(namespace.get_by_name(n).get_counter_value() for n in names))
+    for name in names:  # used in this order: p0 is the least recently used
+        assert await namespace.get_by_name(name).increment(op_id=f"{name}-op") == 1
+    await namespace.maintain()  # over the cap: the two least recently used stop
+    assert namespace.known_hosts() == [namespace.host_for(n) for n in names[2:]]
+    await asyncio.sleep(2.1)
+    await namespace.maintain()  # all idle now
+    assert namespace.known_hosts() == []
+    live = [
+        a
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == namespace.settings.namespace
+    ]
+    assert live == []
+    # They come back from disk on demand, ids included.
+    assert await namespace.get_by_name("p0").increment(op_id="p0-op") == 1
+    assert await namespace.get_by_name("p0").increment() == 2
+
+
+async def test_a_passivation_racing_calls_loses_and_doubles_nothing(
+    make_namespace: NamespaceFactory,
+) -> None:
+    namespace = make_namespace(Placement.PER_NAME, idle_timeout=0.01, max_actors_per_node=1)
+    stub = namespace.get_by_name("racy")
+    total = 0
+    for _ in range(6):
+        calls = [stub.increment() for _ in range(30)]
+        await asyncio.gather(namespace.maintain(), *calls, namespace.maintain())
+        total += 30
+    assert await stub.get_counter_value() == total
+
+
+async def test_sharded_hosts_drop_idle_objects(make_namespace: NamespaceFactory) -> None:
+    namespace = make_namespace(Placement.SHARDED, shards=1, idle_timeout=0.3)
+    for i in range(50):
+        await namespace.get_by_name(f"s{i}").increment()
+    host: Any = namespace.handle(namespace.host_for("s0"))
+    assert (await host.stats.remote())["objects"] == 50
+    await asyncio.sleep(0.4)
+    await namespace.maintain()
+    stats = await host.stats.remote()
+    assert (stats["objects"], stats["passivated"]) == (0, 50)
+    assert await namespace.get_by_name("s7").increment() == 2
+
+
+async def test_a_full_disk_is_507_acknowledges_nothing_and_recovers(
+    tiny_disk: Path, make_namespace: NamespaceFactory, aiohttp_client: Any
+) -> None:
+    namespace = make_namespace(Placement.SHARDED, shards=1, storage_dir=tiny_disk / "store")
+    client = await aiohttp_client(make_app(namespace))
+    async with client.get("/increment?name=A") as response:
+        assert response.status == 200
+    filler = tiny_disk / "filler"
+    with contextlib.suppress(OSError), filler.open("wb") as out:
+        out.write(b"x" * (2 * 1024 * 1024))  # fills the disk
+    statuses: Tally[int] = Tally()
+    long_name = "n" * 1000
+    for i in range(200):
+        async with client.get(f"/increment?name={long_name}{i}") as response:
+            statuses[response.status] += 1
+            if response.status == 507:
+                assert "full" in await response.text()
+                assert response.headers["Retry-After"] == "1"
+    assert statuses[507] > 0
+    acknowledged = statuses[200]
+    filler.unlink()  # space is back: the service recovers by itself
+    async with client.get("/increment?name=A") as response:
+        assert await response.text() == "Durable Object 'A' count: 2"
+    namespace.kill_hosts()  # a restart reads only what is on disk
+    fresh = make_namespace(Placement.SHARDED, shards=1, storage_dir=tiny_disk / "store")
+    values = [await fresh.get_by_name(f"{long_name}{i}").get_counter_value() for i in range(200)]
+    assert sum(values) == acknowledged
+    assert await fresh.get_by_name("A").get_counter_value() == 2
+
+
+async def test_a_read_only_disk_is_503_and_recovers(
+    tiny_disk: Path, make_namespace: NamespaceFactory, aiohttp_client: Any
+) -> None:
+    namespace = make_namespace(Placement.SHARDED, shards=1, storage_dir=tiny_disk / "store")
+    client = await aiohttp_client(make_app(namespace))
+    async with client.get("/increment?name=A") as response:
+        assert response.status == 200
+    namespace.kill_hosts()  # a mount in use cannot turn read-only; the next host finds it so
+    for _ in range(100):  # until the killed host has let go of its files
+        remount = ["mount", "-o", "remount,ro", str(tiny_disk)]
+        if subprocess.run(remount, capture_output=True).returncode == 0:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("the tmpfs stayed busy")
+    try:
+        for _ in range(3):
+            async with client.get("/increment?name=A") as response:
+                assert response.status == 503
+                assert "cannot open storage" in await response.text()
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tiny_disk)], check=True)
+    async with client.get("/increment?name=A") as response:
+        assert await response.text() == "Durable Object 'A' count: 2"
