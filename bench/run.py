@@ -114,7 +114,7 @@ def process(command: list[str], ready_url: str | None, log: Path) -> Iterator[No
 def wrk(
     base: str, path: str, duration: float, threads: int, connections: int, lua: str | None = None
 ) -> tuple[float, float, float, int]:
-    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         if lua:
             script.write(lua)
@@ -145,8 +145,9 @@ def http_scenarios(
     run = arguments.duration
     t, c = arguments.threads, arguments.connections
     results = []
-    # Warm up: the hot counter exists, the spread names' hosts are up.
+    # Warm up: the hot counter exists, and every host the spread names need is up.
     wrk(base, "/increment?name=hot", 2, t, c)
+    wrk(base, "/", 3, t, c, SPREAD_LUA % names_for_spread)
     for scenario, path, lua in [
         ("hot increments", "/increment?name=hot", None),
         (f"spread increments ({names_for_spread:,} names)", "/", SPREAD_LUA % names_for_spread),
@@ -176,7 +177,8 @@ def python_client_scenarios(arguments: argparse.Namespace, storage: Path) -> lis
     """Increments/s from one process: the async stub vs one bare Ray actor call per increment."""
     import ray
 
-    from counters.client import Namespace
+    from counters.client import Namespace, new_op_id
+    from counters.operations import Operation
     from counters.settings import Settings
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -198,8 +200,23 @@ def python_client_scenarios(arguments: argparse.Namespace, storage: Path) -> lis
                 )
             return time.perf_counter() - started
 
+        async def futures_run(count: int) -> float:
+            # Namespace.call: a future per operation, no coroutine or task per call.
+            started = time.perf_counter()
+            for first in range(0, count, in_flight):
+                await asyncio.gather(
+                    *(
+                        namespace.call(
+                            Operation(names[i % len(names)], "increment", (1,), new_op_id())
+                        )
+                        for i in range(first, min(first + in_flight, count))
+                    )
+                )
+            return time.perf_counter() - started
+
         asyncio.run(stub_run(5000))  # warm: hosts created
         stub_seconds = asyncio.run(stub_run(total))
+        futures_seconds = asyncio.run(futures_run(total))
 
         handles: list[Any] = [namespace.handle(namespace.host_for(n)) for n in names]
         bare_total = total // 10
@@ -217,6 +234,7 @@ def python_client_scenarios(arguments: argparse.Namespace, storage: Path) -> lis
         ray.shutdown()
     return [
         Result("python client", "counters stub", total / stub_seconds, 0, 0),
+        Result("python client", "counters call()", total / futures_seconds, 0, 0),
         Result("python client", "bare ray calls", bare_total / bare_seconds, 0, 0),
     ]
 
@@ -233,7 +251,7 @@ def print_table(results: list[Result]) -> None:
         redis = reference.get((r.scenario, "redis"))
         vs_ceiling = f"{r.rps / ceiling.rps:.2f}" if ceiling and r.system != "ceiling" else ""
         vs_redis = f"{r.rps / redis.rps:.2f}" if redis and r.system.startswith("counters") else ""
-        if r.scenario == "python client" and r.system == "counters stub":
+        if r.scenario == "python client" and r.system.startswith("counters"):
             bare = reference[("python client", "bare ray calls")]
             vs_ceiling = f"{r.rps / bare.rps:.1f}x bare"
         latency = f"{r.p50_ms:>7.2f} {r.p99_ms:>7.2f}" if r.p50_ms else f"{'':>7} {'':>7}"

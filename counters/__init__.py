@@ -8,7 +8,7 @@ counters = Namespace(settings)      # like the example's env.COUNTERS
 await counters.get_by_name("A").increment()
 """
 
-from .client import BlockingCounterStub, CounterStub, Namespace
+from .client import BlockingCounterStub, CounterStub, Namespace, new_op_id
 from .counter import Counter
 from .errors import (
     ConfigError,
@@ -51,5 +51,6 @@ __all__ = [
     "Settings",
     "StorageFailed",
     "UnknownMethod",
+    "new_op_id",
     "start_ray",
 ]

@@ -9,11 +9,11 @@ Theory of operation.
 
 - Routing. Every operation goes to the host actor its name is placed on. Handles are looked up or
   created once per host and cached.
-- Coalescing. Async calls to one host share a lane: while a call to the host is in flight, new
-  operations queue up, and when it returns they all leave together as the next call, up to
-  ``max_batch``. The host commits each call once, so a busy gateway gets group commit without
-  waiting on purpose, and an idle one sends every operation at once. At most ``max_queue``
-  operations wait per host; past that, callers get Overloaded at once.
+- Coalescing. Async calls to one host share a lane: while ``max_in_flight`` calls to the host are
+  in flight, new operations queue up, and when one returns they all leave together as the next
+  call, up to ``max_batch``. The host commits each call once, so a busy gateway gets group commit
+  without waiting on purpose, and an idle one sends every operation at once. At most
+  ``max_queue`` operations wait per host; past that, callers get Overloaded at once.
 - Exactly once. Every changing operation carries an id (the caller's, or a fresh one). When a host
   dies or cannot be reached, the operation is sent again with the same id, with backoff, until
   ``deadline``; the host applies an id once and answers repeats with the first result. Past the
@@ -26,7 +26,7 @@ Theory of operation.
 from __future__ import annotations
 
 import asyncio
-import logging
+import itertools
 import random
 import secrets
 import threading
@@ -48,18 +48,21 @@ from .validation import check_amount, validate_name
 
 __all__ = ["BlockingCounterStub", "CounterStub", "Namespace", "new_op_id"]
 
-log = logging.getLogger(__name__)
-
 # Worth sending again: the host was lost or unreachable, and the operation id makes it safe.
 _RETRYABLE = (OutcomeUnknown, HostUnavailable)
 _FIRST_BACKOFF = 0.02
 _MAX_BACKOFF = 0.5
 _FORGET_EVERY = 3600.0  # seconds between sweeps of expired operation ids on disk
+_HOST_NAME_CACHE = 100_000
+
+
+_OP_ID_PREFIX = secrets.token_urlsafe(9)  # 72 random bits for this process
+_op_ids = itertools.count()
 
 
 def new_op_id() -> str:
-    """A fresh operation id: 96 random bits, short enough to store with every change."""
-    return secrets.token_urlsafe(12)
+    """A fresh operation id: random per process, then a counter; short, and cheap to make."""
+    return f"{_OP_ID_PREFIX}{next(_op_ids):x}"
 
 
 class Namespace:
@@ -76,6 +79,7 @@ class Namespace:
         self._lanes: dict[str, _Lane] = {}
         self._last_used: dict[str, float] = {}  # host -> monotonic time of its last call
         self._last_forget = time.monotonic()
+        self._host_names: dict[str, str] = {}
 
     @classmethod
     def join(cls, namespace: str = "counters", object_class: type = Counter) -> Namespace:
@@ -88,31 +92,27 @@ class Namespace:
 
     def host_for(self, name: str) -> str:
         """The Ray actor name of the host serving `name`."""
-        return self.layout.host_for(name)
+        host = self._host_names.get(name)
+        if host is None:
+            if len(self._host_names) >= _HOST_NAME_CACHE:
+                self._host_names.clear()  # hashing again is cheap; unbounded memory is not
+            host = self._host_names[name] = self.layout.host_for(name)
+        return host
 
-    async def call(self, operation: Operation) -> Any:
-        """Run `operation` on its host, coalesced with others; its value or error.
+    def call(self, operation: Operation) -> asyncio.Future[Any]:
+        """Run `operation` on its host, coalesced with others: a future of its value or error.
 
-        Retries a lost or unreachable host until the deadline (see the module docstring).
+        The lane retries a lost or unreachable host until the deadline (see the module doc).
+        A future rather than a coroutine: a caller with thousands of calls in flight pays for
+        no task per call.
         """
         loop = asyncio.get_running_loop()
         host = self.host_for(operation.object_name)
-        deadline = loop.time() + self.settings.deadline
-        backoff = _FIRST_BACKOFF
-        while True:
-            lane = self._lanes.get(host)
-            if lane is None or lane.loop is not loop:
-                lane = self._lanes[host] = _Lane(self, host, loop)
-            self._last_used[host] = time.monotonic()
-            try:
-                return await asyncio.wait_for(lane.submit(operation), deadline - loop.time())
-            except _RETRYABLE as error:
-                if loop.time() + backoff >= deadline:
-                    raise self._gave_up(operation, error) from None
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(2 * backoff, _MAX_BACKOFF)
-            except asyncio.TimeoutError:
-                raise self._gave_up(operation, None) from None
+        lane = self._lanes.get(host)
+        if lane is None or lane.loop is not loop:
+            lane = self._lanes[host] = _Lane(self, host, loop)
+        self._last_used[host] = time.monotonic()
+        return lane.submit(operation, loop.time() + self.settings.deadline)
 
     def call_blocking(self, operation: Operation) -> Any:
         """`call` for scripts: one round trip per call, no coalescing, the same retries."""
@@ -127,13 +127,13 @@ class Namespace:
                 try:
                     outcomes = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
                 except GetTimeoutError:
-                    raise self._gave_up(operation, None) from None
+                    raise self.gave_up(operation, None) from None
                 except RayActorError as error:
                     raise self._lost(host, error) from None
                 return cast(tuple[Outcome, ...], outcomes)[0].unwrap()
             except _RETRYABLE as error:
                 if time.monotonic() + backoff >= deadline:
-                    raise self._gave_up(operation, error) from None
+                    raise self.gave_up(operation, error) from None
                 time.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(2 * backoff, _MAX_BACKOFF)
 
@@ -224,7 +224,7 @@ class Namespace:
             f"{type(error).__name__}"
         )
 
-    def _gave_up(self, operation: Operation, error: CountersError | None) -> HostUnavailable:
+    def gave_up(self, operation: Operation, error: CountersError | None) -> HostUnavailable:
         why = f" (last error: {error.message})" if error is not None else ""
         again = f"; retry with the same operation id {operation.op_id}" if operation.op_id else ""
         return HostUnavailable(
@@ -233,61 +233,128 @@ class Namespace:
 
 
 class _Lane:
-    """The queue of operations for one host in one event loop, at most one call in flight."""
+    """The queue of operations for one host in one event loop, a few calls in flight.
+
+    Ray runs one caller's calls to an actor in the order they were sent, so with more than one
+    call in flight (``max_in_flight``: the host works on one batch while the next travels) the
+    operations of a lane still run in the order they were submitted.
+
+    Deadlines and retries are kept here, per batch rather than per operation (a timer or a
+    task per request costs more than the rest of the request): while a call is in flight, the
+    lane wakes at the earliest deadline among the operations it holds and fails those whose
+    time is up; when the host is lost, the operations go back to the front of the queue and
+    leave again after a backoff, with their ids, until their deadlines.
+    """
 
     def __init__(self, namespace: Namespace, host: str, loop: asyncio.AbstractEventLoop) -> None:
         self.namespace = namespace
         self.host = host
         self.loop = loop
-        self._waiting: list[tuple[Operation, asyncio.Future[Any]]] = []
-        self._sending = False
+        self._waiting: list[_Entry] = []
+        self._senders = 0  # calls in flight to the host, at most max_in_flight
+        self._backoff = _FIRST_BACKOFF
+        # Strong references: the event loop keeps only weak ones to running tasks.
+        self._tasks: set[asyncio.Future[Any]] = set()
 
-    def submit(self, operation: Operation) -> asyncio.Future[Any]:
-        if len(self._waiting) >= self.namespace.settings.max_queue:
-            raise Overloaded(
-                f"{len(self._waiting)} operations already wait for host {self.host}; retry shortly"
-            )
+    def submit(self, operation: Operation, deadline: float) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = self.loop.create_future()
-        self._waiting.append((operation, future))
-        if not self._sending:
-            self._sending = True
-            self.loop.create_task(self._drain())
+        if len(self._waiting) >= self.namespace.settings.max_queue:
+            future.set_exception(
+                Overloaded(
+                    f"{len(self._waiting)} operations already wait for host {self.host}; "
+                    "retry shortly"
+                )
+            )
+            return future
+        self._waiting.append((operation, future, deadline))
+        if self._senders < self.namespace.settings.max_in_flight:
+            self._senders += 1
+            self._keep(self.loop.create_task(self._drain()))
         return future
+
+    def _keep(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _drain(self) -> None:
         try:
             while self._waiting:
                 limit = self.namespace.settings.max_batch
                 batch, self._waiting = self._waiting[:limit], self._waiting[limit:]
+                self._expire(batch)
                 # A caller that gave up before its operation left is not sent: nobody awaits it.
-                batch = [(op, future) for op, future in batch if not future.done()]
-                if not batch:
-                    continue
-                try:
-                    outcomes = await self.namespace.send(self.host, [op for op, _ in batch])
-                except BaseException as error:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
-                    if not isinstance(error, CountersError):
-                        raise
-                    continue
-                for (_, future), outcome in zip(batch, outcomes, strict=True):
-                    if future.done():
-                        continue
-                    if outcome.error is not None:
-                        future.set_exception(outcome.error)
-                    else:
-                        future.set_result(outcome.value)
+                batch = [entry for entry in batch if not entry[1].done()]
+                if batch:
+                    await self._send(batch)
         finally:
-            self._sending = False
+            self._senders -= 1
+
+    async def _send(self, batch: list[_Entry]) -> None:
+        call = self.loop.create_task(self.namespace.send(self.host, [op for op, _, _ in batch]))
+        self._keep(call)
+        while not call.done():
+            pending = [entry for entry in batch if not entry[1].done()]
+            if not pending:
+                # Every caller's time is up: stop waiting. The call may still land; its ids
+                # make a retry safe. Consume its result so nothing is logged as lost.
+                call.add_done_callback(lambda done: done.cancelled() or done.exception())
+                return
+            earliest = min(deadline for _, _, deadline in pending + self._waiting)
+            await asyncio.wait({call}, timeout=max(0.0, earliest - self.loop.time()))
+            self._expire(batch)
+            self._expire(self._waiting)
+        try:
+            outcomes = call.result()
+        except _RETRYABLE as error:
+            await self._retry_later(batch, error)
+            return
+        except BaseException as error:
+            for _, future, _ in batch:
+                if not future.done():
+                    future.set_exception(error)
+            raise
+        self._backoff = _FIRST_BACKOFF
+        for (_, future, _), outcome in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if outcome.error is not None:
+                future.set_exception(outcome.error)
+            else:
+                future.set_result(outcome.value)
+
+    async def _retry_later(self, batch: list[_Entry], error: CountersError) -> None:
+        """The host was lost: send the batch again after a backoff, within each deadline."""
+        backoff = self._backoff * random.uniform(0.5, 1.0)
+        self._backoff = min(2 * self._backoff, _MAX_BACKOFF)
+        again = []
+        for entry in batch:
+            operation, future, deadline = entry
+            if future.done():
+                continue
+            if self.loop.time() + backoff < deadline:
+                again.append(entry)
+            else:
+                future.set_exception(self.namespace.gave_up(operation, error))
+        if again:
+            await asyncio.sleep(backoff)
+            self._waiting[:0] = again
+
+    def _expire(self, entries: list[_Entry]) -> None:
+        now = self.loop.time()
+        for operation, future, deadline in entries:
+            if deadline <= now and not future.done():
+                future.set_exception(self.namespace.gave_up(operation, None))
+
+
+_Entry = tuple[Operation, "asyncio.Future[Any]", float]
 
 
 class CounterStub:
     """Awaitable RPC methods of one counter, as in the example's stub.
 
     A changing call takes an optional `op_id`: send the same id again (after a timeout, say) and
-    the change is applied once, the first answer returned.
+    the change is applied once, the first answer returned. For many calls in flight at once
+    without a task each, `Namespace.call` takes an `Operation` and returns a future.
     """
 
     def __init__(self, namespace: Namespace, name: str) -> None:

@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["DELETED", "ObjectStorage"]
+__all__ = ["DELETED", "ObjectStorage", "decode_value", "encode_value"]
 
 
 class _Deleted:
@@ -35,7 +35,7 @@ class _Deleted:
 DELETED: Any = _Deleted()
 
 
-def _encode(value: Any) -> str:
+def encode_value(value: Any) -> str:
     if type(value) is int:  # the counter's hot path: skip the JSON encoder
         return str(value)
     try:
@@ -44,7 +44,9 @@ def _encode(value: Any) -> str:
         raise TypeError(f"storage values must be JSON-serializable: {error}") from None
 
 
-def _decode(text: str) -> Any:
+def decode_value(text: str) -> Any:
+    if text.isascii() and text.lstrip("-").isdigit():  # an integer: skip the JSON decoder
+        return int(text)
     return json.loads(text)
 
 
@@ -63,13 +65,13 @@ class ObjectStorage:
     def get(self, key: str, default: Any = None) -> Any:
         """The value stored under `key`, or `default` when there is none."""
         text = self._lookup(key)
-        return default if text is DELETED or text is None else _decode(text)
+        return default if text is DELETED or text is None else decode_value(text)
 
     def put(self, key: str, value: Any) -> None:
         """Store `value` (anything JSON can hold) under `key`."""
         if not isinstance(key, str):
             raise TypeError(f"storage keys are text, not {type(key).__name__}")
-        self._op[key] = _encode(value)
+        self._op[key] = encode_value(value)
 
     def delete(self, key: str) -> bool:
         """Remove `key`; True if it held a value."""
@@ -85,7 +87,7 @@ class ObjectStorage:
             **self._op,
         }
         return {
-            key: _decode(text)
+            key: decode_value(text)
             for key, text in sorted(merged.items())
             if key.startswith(prefix) and text is not DELETED
         }

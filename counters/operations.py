@@ -1,17 +1,19 @@
-"""The values that cross the process boundary between a client and a host actor."""
+"""The values that cross the process boundary between a client and a host actor.
+
+They are NamedTuples rather than dataclasses: just as immutable, and they pickle as a plain tuple
+behind a class reference, which matters when a busy host call carries a thousand of them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import CountersError
 
 __all__ = ["Operation", "Outcome"]
 
 
-@dataclass(frozen=True, slots=True)
-class Operation:
+class Operation(NamedTuple):
     """One RPC call on one object: ``object_name.method(*args)``."""
 
     object_name: str
@@ -20,8 +22,7 @@ class Operation:
     op_id: str | None = None  # a changing operation's id: sent twice, applied once
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What one operation returned or raised; a batch answers with one Outcome per operation."""
 
     value: Any = None

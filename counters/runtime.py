@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import json
 import os
 from typing import Any, cast
@@ -25,7 +26,13 @@ from .host import ObjectHost
 from .placement import Layout
 from .settings import Settings
 
-__all__ = ["agree_on_service", "get_or_create_host", "host_actor_class", "start_ray"]
+__all__ = [
+    "agree_on_service",
+    "get_or_create_host",
+    "host_actor_class",
+    "start_ray",
+    "tune_gc",
+]
 
 # What every client of one namespace must agree on, since host actors are created with it.
 _SERVICE_FIELDS = ("storage_dir", "placement", "shards", "host_resource")
@@ -47,6 +54,10 @@ def host_actor_class(object_class: type) -> ActorClass[Any]:
 
 class _RayHost(ObjectHost):
     """What a host can only do as a Ray actor."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        tune_gc()
 
     def passivate_if_idle(self, idle_seconds: float) -> bool:
         """Exit for good (no restart) if no batch came for `idle_seconds`; False if busy.
@@ -158,3 +169,16 @@ def agree_on_service(settings: Settings, object_class: type, join: bool = False)
             "use the same settings, or Namespace.join() to adopt them"
         )
     return settings
+
+
+def tune_gc() -> None:
+    """Make Python's cyclic garbage collector cheap for a long-running, busy process.
+
+    Profiles of the gateway under load showed a sixth of its time in the collector, walking the
+    tens of thousands of objects Ray and aiohttp create at import. `gc.freeze` moves everything
+    alive now out of its sight, and a higher first threshold runs it less often; our own objects
+    rarely form cycles, so little garbage waits longer.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)

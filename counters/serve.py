@@ -12,7 +12,7 @@ from aiohttp import web
 from gateway import make_app
 
 from .client import Namespace
-from .runtime import start_ray
+from .runtime import start_ray, tune_gc
 from .settings import Settings
 
 __all__ = ["serve"]
@@ -40,6 +40,7 @@ def serve(settings: Settings) -> int:
             log.info("Ray at %s (RAY_ADDRESS for clients)", ray.get_runtime_context().gcs_address)
             if started_ray and settings.dashboard_port:
                 log.info("Ray dashboard: http://127.0.0.1:%d", settings.dashboard_port)
+            tune_gc()  # everything long-lived exists by now
             yield
             log.info("stopping")
 

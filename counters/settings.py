@@ -34,10 +34,11 @@ class Settings:
     address: str | None = None
     namespace: str = "counters"
     placement: Placement = Placement.SHARDED
-    shards: int = 4
+    shards: int = 2
     dashboard_port: int = 8265
     host_resource: str | None = None
     max_batch: int = 1024
+    max_in_flight: int = 2
     max_queue: int = 10_000
     deadline: float = 10.0
     idle_timeout: float = 60.0
@@ -55,6 +56,7 @@ class Settings:
         _check(bool(self.storage_dir), "storage_dir", "a directory path")
         _check(self.max_batch >= 1, "max_batch", "at least 1")
         _check(self.max_queue >= 1, "max_queue", "at least 1")
+        _check(self.max_in_flight >= 1, "max_in_flight", "at least 1")
         _check(self.deadline > 0, "deadline", "more than 0 seconds")
         _check(self.idle_timeout > 0, "idle_timeout", "more than 0 seconds")
         _check(self.max_actors_per_node >= 1, "max_actors_per_node", "at least 1")

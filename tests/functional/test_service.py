@@ -56,7 +56,7 @@ def test_actors_show_in_the_ray_dashboard(tmp_path: Path) -> None:
             actors = json.load(response)["data"]["result"]["result"]
         hosts = [a for a in actors if a["class_name"] == "CounterHost"]
         assert [(a["name"], a["state"], a["ray_namespace"]) for a in hosts] == [
-            ("Counter.shard-2-of-4", "ALIVE", "counters")
+            ("Counter.shard-0-of-2", "ALIVE", "counters")
         ]
 
 

@@ -225,3 +225,15 @@ def test_idle_objects_are_passivated_and_reload(tmp_path: Path) -> None:
     assert host.call("A", "increment", 1, op_id="A-1") == 1
     assert host.call("A", "increment", 1) == 2
     assert host.idle_for() == 0
+
+
+def test_malformed_operations_from_bare_ray_fail_alone(tmp_path: Path) -> None:
+    host = make_host(tmp_path)
+    outcomes = host.apply(
+        [
+            Operation(["not", "a", "name"], "increment", (1,)),  # type: ignore[arg-type]
+            Operation("A", 7, (1,)),  # type: ignore[arg-type]
+            Operation("A", "increment", [2]),  # type: ignore[arg-type]
+        ]
+    )
+    assert values(outcomes) == [InvalidName, UnknownMethod, 2]

@@ -1,0 +1,37 @@
+"""A smoke run of the benchmark, so that the command the README gives keeps working."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BENCH = Path(__file__).parents[2] / "bench" / "run.py"
+
+
+@pytest.mark.skipif(
+    shutil.which("wrk") is None or shutil.which("redis-server") is None,
+    reason="wrk and redis-server come from Debian's packages (.ci/run installs them)",
+)
+def test_benchmark_smoke_run_prints_its_table() -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--duration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {
+        (m.group(1).strip(), m.group(2).strip()): float(m.group(3).replace(",", ""))
+        for m in re.finditer(r"^(.{34}) (.{18}) +([\d,]+)", result.stdout, re.MULTILINE)
+    }
+    for system in ("ceiling", "redis", "counters sharded"):
+        assert rows[("hot increments", system)] > 0, result.stdout
+    assert rows[("python client", "counters stub")] > 0
+    assert "errors)" not in result.stdout
