@@ -80,6 +80,7 @@ class Namespace:
         self._last_used: dict[str, float] = {}  # host -> monotonic time of its last call
         self._last_forget = time.monotonic()
         self._host_names: dict[str, str] = {}
+        self._nodes: dict[str, str] = {}  # per-name host -> Ray node id
 
     @classmethod
     def join(cls, namespace: str = "counters", object_class: type = Counter) -> Namespace:
@@ -179,13 +180,14 @@ class Namespace:
         idle = self.settings.idle_timeout
         now = time.monotonic()
         if self.layout.placement is Placement.PER_NAME:
-            by_age = sorted(self._handles, key=lambda host: self._last_used.get(host, 0.0))
-            excess = len(by_age) - self.settings.max_actors_per_node
-            for index, host in enumerate(by_age):
-                # Over the cap, the least recently used go even before their idle time is up.
-                over_cap = index < excess
-                if over_cap or now - self._last_used.get(host, 0.0) > idle:
-                    await self._passivate(host, 0.0 if over_cap else idle)
+            for hosts in (await self._hosts_by_node()).values():
+                by_age = sorted(hosts, key=lambda host: self._last_used.get(host, 0.0))
+                excess = len(by_age) - self.settings.max_actors_per_node
+                for index, host in enumerate(by_age):
+                    # Over the cap, the least recently used go even before their idle time is up.
+                    over_cap = index < excess
+                    if over_cap or now - self._last_used.get(host, 0.0) > idle:
+                        await self._passivate(host, 0.0 if over_cap else idle)
         else:
             forget = now - self._last_forget > _FORGET_EVERY
             if forget:
@@ -198,6 +200,20 @@ class Namespace:
                         await handle.forget_expired_ids.remote()
                 except (KeyError, RayActorError):
                     continue
+
+    async def _hosts_by_node(self) -> dict[str, list[str]]:
+        """The hosts this binding knows, grouped by the Ray node each runs on."""
+        unknown = [host for host in self._handles if host not in self._nodes]
+        found = await asyncio.gather(
+            *(self._handles[host].node_id.remote() for host in unknown), return_exceptions=True
+        )
+        for host, node in zip(unknown, found, strict=True):
+            if isinstance(node, str):
+                self._nodes[host] = node
+        grouped: dict[str, list[str]] = {}
+        for host in self._handles:
+            grouped.setdefault(self._nodes.get(host, "unknown"), []).append(host)
+        return grouped
 
     async def _passivate(self, host: str, idle_seconds: float) -> None:
         handle = self._handles.get(host)
@@ -213,6 +229,7 @@ class Namespace:
                 del self._handles[host]
         self._lanes.pop(host, None)
         self._last_used.pop(host, None)
+        self._nodes.pop(host, None)  # a new actor may start on another node
 
     def _lost(self, host: str, error: RayActorError) -> CountersError:
         if isinstance(error, ActorDiedError):

@@ -59,6 +59,10 @@ class _RayHost(ObjectHost):
         super().__init__(*args, **kwargs)
         tune_gc()
 
+    def node_id(self) -> str:
+        """The Ray node this host runs on (caps on live actors count per node)."""
+        return str(ray.get_runtime_context().get_node_id())
+
     def passivate_if_idle(self, idle_seconds: float) -> bool:
         """Exit for good (no restart) if no batch came for `idle_seconds`; False if busy.
 

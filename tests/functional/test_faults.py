@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import random
 import signal
+import sqlite3
 import subprocess
 import threading
 import uuid
@@ -202,6 +203,9 @@ async def test_a_full_disk_is_507_acknowledges_nothing_and_recovers(
     async with client.get("/increment?name=A") as response:
         assert await response.text() == "Durable Object 'A' count: 2"
     namespace.kill_hosts()  # a restart reads only what is on disk
+    for database in (tiny_disk / "store" / "hosts").glob("*.sqlite3"):
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     fresh = make_namespace(Placement.SHARDED, shards=1, storage_dir=tiny_disk / "store")
     values = [await fresh.get_by_name(f"{long_name}{i}").get_counter_value() for i in range(200)]
     assert sum(values) == acknowledged
