@@ -18,6 +18,7 @@ import pytest
 import ray
 from aiohttp.test_utils import TestClient
 
+from counters.client import Namespace
 from counters.errors import CountersError, HostUnavailable, Overloaded
 from counters.placement import Placement
 from counters.testing import host_processes
@@ -179,13 +180,24 @@ async def test_sharded_hosts_drop_idle_objects(make_namespace: NamespaceFactory)
     assert await namespace.get_by_name("s7").increment() == 2
 
 
-async def test_a_full_disk_is_507_acknowledges_nothing_and_recovers(
+@pytest.fixture
+async def on_tiny_disk(
     tiny_disk: Path, make_namespace: NamespaceFactory, aiohttp_client: Any
-) -> None:
+) -> tuple[Namespace, TestClient[Any, Any]]:
+    """A gateway whose one host keeps its file on the tiny disk, with A counted once."""
     namespace = make_namespace(Placement.SHARDED, shards=1, storage_dir=tiny_disk / "store")
     client = await aiohttp_client(make_app(namespace))
     async with client.get("/increment?name=A") as response:
         assert response.status == 200
+    return namespace, client
+
+
+async def test_a_full_disk_is_507_acknowledges_nothing_and_recovers(
+    tiny_disk: Path,
+    make_namespace: NamespaceFactory,
+    on_tiny_disk: tuple[Namespace, TestClient[Any, Any]],
+) -> None:
+    namespace, client = on_tiny_disk
     filler = tiny_disk / "filler"
     with contextlib.suppress(OSError), filler.open("wb") as out:
         out.write(b"x" * (2 * 1024 * 1024))  # fills the disk
@@ -213,12 +225,9 @@ async def test_a_full_disk_is_507_acknowledges_nothing_and_recovers(
 
 
 async def test_a_read_only_disk_is_503_and_recovers(
-    tiny_disk: Path, make_namespace: NamespaceFactory, aiohttp_client: Any
+    tiny_disk: Path, on_tiny_disk: tuple[Namespace, TestClient[Any, Any]]
 ) -> None:
-    namespace = make_namespace(Placement.SHARDED, shards=1, storage_dir=tiny_disk / "store")
-    client = await aiohttp_client(make_app(namespace))
-    async with client.get("/increment?name=A") as response:
-        assert response.status == 200
+    namespace, client = on_tiny_disk
     namespace.kill_hosts()  # a mount in use cannot turn read-only; the next host finds it so
     for _ in range(100):  # until the killed host has let go of its files
         remount = ["mount", "-o", "remount,ro", str(tiny_disk)]
