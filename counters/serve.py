@@ -37,7 +37,13 @@ def serve(settings: Settings) -> int:
                 settings.storage_path,
                 settings.placement.value,
             )
-            log.info("Ray at %s (RAY_ADDRESS for clients)", ray.get_runtime_context().gcs_address)
+            address = ray.get_runtime_context().gcs_address
+            log.info(
+                "Ray at %s: clients join with ray.init(address='auto') on this machine, "
+                "or with RAY_ADDRESS=%s RAY_AUTH_MODE=token",
+                address,
+                address,
+            )
             if started_ray and settings.dashboard_port:
                 log.info("Ray dashboard: http://127.0.0.1:%d", settings.dashboard_port)
             tune_gc()  # everything long-lived exists by now

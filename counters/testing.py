@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -73,9 +74,9 @@ class Service:
 
     def ray_address(self) -> str:
         """The GCS address of the service's Ray, as its log announces it."""
-        for line in self.log.read_text().splitlines():
-            if "(RAY_ADDRESS for clients)" in line:
-                return line.split("Ray at ", 1)[1].split(" ", 1)[0]
+        found = re.search(r"Ray at ([\w.-]+:\d+): clients join", self.log.read_text())
+        if found:
+            return found.group(1)
         raise LookupError("the service did not log its Ray address")
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 60) -> int:

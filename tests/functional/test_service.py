@@ -78,7 +78,14 @@ def readme_python() -> str:
 def test_the_readme_python_client_works_against_a_running_service(tmp_path: Path) -> None:
     with Service(tmp_path / "storage") as service:
         assert service.get("/increment?name=A&amount=5")[0] == 200
-        env = {**os.environ, "RAY_ADDRESS": service.ray_address(), "RAY_USAGE_STATS_ENABLED": "0"}
+        # As a user's fresh shell has it: RAY_ADDRESS and RAY_AUTH_MODE (which this session's own
+        # Ray sets) as the log line says, nothing inherited from the test run.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env |= {
+            "RAY_ADDRESS": service.ray_address(),
+            "RAY_AUTH_MODE": "token",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
         # From another working directory: the client must find the service's storage anyway.
         result = subprocess.run(
             [sys.executable, "-c", readme_python()],
