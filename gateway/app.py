@@ -84,8 +84,8 @@ def _changer(method: str) -> Callable[[web.Request], Awaitable[web.StreamRespons
         amount = 1 if amount_text is None else parse_amount(amount_text)
         op_id = request[OP_ID] = _idempotency_key(request) or new_op_id()
         stub = request.app[NAMESPACE].get_by_name(name)
-        change = stub.increment if method == "increment" else stub.decrement
-        count = await change(amount, op_id=op_id)
+        rpc = stub.increment if method == "increment" else stub.decrement
+        count = await rpc(amount, op_id=op_id)
         return _count_response(request, name, count)
 
     return change

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import threading
+import time
 import uuid
 from collections import Counter as Tally
 from pathlib import Path
@@ -39,7 +40,8 @@ async def test_sigkilled_hosts_lose_nothing_and_apply_nothing_twice(
     def killer() -> None:
         nonlocal kills
         rng = random.Random(7)
-        while not stop_killing.wait(0.3):
+        # Kills stop when the load does: the last operations then land without a killer about.
+        while not stop_killing.wait(0.3) and time.monotonic() < load_ends:
             victims = host_processes()
             if victims:
                 with contextlib.suppress(Exception):
@@ -64,10 +66,12 @@ async def test_sigkilled_hosts_lose_nothing_and_apply_nothing_twice(
 
     # Create the hosts before the killer starts, so it has victims from the first round.
     await asyncio.gather(*(namespace.get_by_name(n).get_counter_value() for n in names))
+    load_ends = time.monotonic() + 8
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        until = asyncio.get_running_loop().time() + 8
+        loop = asyncio.get_running_loop()
+        until = loop.time() + (load_ends - time.monotonic())
         await asyncio.gather(*(client(seed, until) for seed in range(12)))
     finally:
         stop_killing.set()
