@@ -5,7 +5,8 @@ This is the one place `ray.remote` is applied. A host actor is synchronous with
 of its objects and its SQLite file. It is detached (it outlives the client that created it), named
 (any client finds it by name in the namespace), and restarted by Ray after a crash
 (``max_restarts=-1``). Calls are not retried by Ray (``max_task_retries=0``): a call that was in
-flight when the actor died may or may not have been applied, and only the caller can decide.
+flight when the actor died may or may not have been applied, so the client resends it itself,
+with the same operation ids, which the host applies once (see `client.py`).
 """
 
 from __future__ import annotations
