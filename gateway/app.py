@@ -29,7 +29,7 @@ from aiohttp import web
 
 from counters.client import Namespace, new_op_id
 from counters.errors import CountersError, InvalidInput, InvalidName
-from counters.validation import parse_amount, validate_name
+from counters.validation import parse_amount
 
 from .query import QueryParams
 
@@ -145,10 +145,11 @@ async def _params(request: web.Request) -> QueryParams:
 
 
 def _name(params: QueryParams) -> str:
+    """The first `name`; the example's message if there is none (get_by_name checks the rest)."""
     name = params.first("name")
     if not name:
         raise InvalidName(NO_NAME)
-    return validate_name(name)
+    return name
 
 
 def _count_response(request: web.Request, name: str, count: int) -> web.StreamResponse:
