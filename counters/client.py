@@ -122,21 +122,22 @@ class Namespace:
         backoff = _FIRST_BACKOFF
         while True:
             self._last_used[host] = time.monotonic()
+            failure: CountersError
             try:
-                handle = self.handle(host)
-                ref: Any = handle.apply.remote((operation,))
-                try:
-                    outcomes = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
-                except GetTimeoutError:
-                    raise self.gave_up(operation, None) from None
-                except RayActorError as error:
-                    raise self._lost(host, error) from None
+                ref: Any = self.handle(host).apply.remote((operation,))
+                outcomes = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+            except GetTimeoutError:
+                raise self.gave_up(operation, None) from None
+            except RayActorError as error:
+                failure = self._lost(host, error)
+            except HostUnavailable as error:
+                failure = error
+            else:
                 return cast(tuple[Outcome, ...], outcomes)[0].unwrap()
-            except _RETRYABLE as error:
-                if time.monotonic() + backoff >= deadline:
-                    raise self.gave_up(operation, error) from None
-                time.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(2 * backoff, _MAX_BACKOFF)
+            if time.monotonic() + backoff >= deadline:
+                raise self.gave_up(operation, failure)
+            time.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(2 * backoff, _MAX_BACKOFF)
 
     def handle(self, host: str) -> ActorHandle[Any]:
         """The cached handle of `host`, looked up or created on first use (blocking)."""
