@@ -23,6 +23,11 @@ from gateway import make_app
 
 NamespaceFactory = Callable[..., Namespace]
 
+# For tests that start many per-name actors at once: Ray starts actor processes two at a time on
+# two cores, 20 of them in about 8.5 s on an idle machine, past the 10 s default deadline on a
+# busy CI one. Such tests are about exactness or recovery, not cold-start latency.
+COLD_START_DEADLINE = 60.0
+
 
 @pytest.fixture(scope="session", autouse=True)
 def ray_session() -> Iterator[None]:

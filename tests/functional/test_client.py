@@ -20,7 +20,7 @@ from counters.errors import (
 )
 from counters.placement import Placement
 from counters.runtime import get_or_create_host
-from tests.functional.conftest import NamespaceFactory
+from tests.functional.conftest import COLD_START_DEADLINE, NamespaceFactory
 
 
 async def test_stub_http_and_bare_ray_agree(
@@ -125,7 +125,10 @@ async def test_a_storage_dir_keeps_its_layout(make_namespace: NamespaceFactory) 
     assert await first.get_by_name("A").get_counter_value() == 1
 
 
-async def test_hosts_reload_from_disk_after_being_killed(namespace: Namespace) -> None:
+async def test_hosts_reload_from_disk_after_being_killed(
+    make_namespace: NamespaceFactory, placement: Placement
+) -> None:
+    namespace = make_namespace(placement, deadline=COLD_START_DEADLINE)
     names = [f"n{i}" for i in range(10)]
     for name in names:
         assert await namespace.get_by_name(name).increment(5) == 5

@@ -14,15 +14,11 @@ from aiohttp.test_utils import TestClient
 
 from counters.placement import Placement, host_file_name
 from gateway import make_app
-from tests.functional.conftest import NamespaceFactory
+from tests.functional.conftest import COLD_START_DEADLINE, NamespaceFactory
 
 NAMES = [f"counter-{i}" for i in range(20)]
 TOTAL = 2000
 CONNECTIONS = 64
-# Per-name placement starts 20 actor processes at once here, and Ray starts them two at a time on
-# two cores: about 8.5 s on an idle machine, past the 10 s default deadline on a busy CI one. This
-# test is about exactness under concurrency, not cold-start latency, so it gives the start room.
-COLD_START_DEADLINE = 60.0
 
 
 async def test_2000_concurrent_increments_over_20_names_end_exactly_right(
