@@ -45,7 +45,8 @@ def encode_value(value: Any) -> str:
 
 
 def decode_value(text: str) -> Any:
-    if text.isascii() and text.lstrip("-").isdigit():  # an integer: skip the JSON decoder
+    digits = text[1:] if text[:1] == "-" else text
+    if digits.isascii() and digits.isdigit():  # an integer: skip the JSON decoder
         return int(text)
     return json.loads(text)
 

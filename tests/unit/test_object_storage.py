@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from counters.object_storage import DELETED, ObjectStorage
+from counters.object_storage import DELETED, ObjectStorage, decode_value, encode_value
 
 
 def test_get_put_delete_list() -> None:
@@ -17,6 +17,16 @@ def test_get_put_delete_list() -> None:
     assert storage.delete("a/2") is True
     assert storage.delete("a/2") is False
     assert storage.list() == {"a/1": {"x": [1, 2]}, "b": 3}
+
+
+@pytest.mark.parametrize(
+    "value", [0, -5, 2**63 - 1, -(2**63), 1.5, "-5", "--5", "٣", None, True, [1, "a"]]
+)
+def test_values_round_trip_exactly(value: object) -> None:
+    # Integers take a fast path; everything else, digit-like strings included, stays JSON.
+    decoded = decode_value(encode_value(value))
+    assert decoded == value
+    assert type(decoded) is type(value)
 
 
 def test_values_are_copies() -> None:
