@@ -71,6 +71,3 @@ class AppliedLog:
             self._committed.pop(op_id, None)
         self._committed.update(self._staged)
         self._staged.clear()
-
-    def abort(self) -> None:
-        self._staged.clear()
