@@ -19,6 +19,8 @@ _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 
 def _unquote(text: str, what: str) -> str:
     """Decode ``+`` and ``%XX`` strictly; raise InvalidInput on anything malformed."""
+    if "%" not in text and "+" not in text:
+        return text  # nothing to decode: the common case, kept cheap
     if "%" in _ESCAPE.sub("", text):
         raise InvalidInput(f"{what} has invalid percent-encoding")
     try:
