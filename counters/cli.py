@@ -30,6 +30,7 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("host_resource", str, "custom Ray resource a node must have to run host actors"),
     ("max_batch", int, "operations one host call carries at most"),
     ("max_in_flight", int, "calls in flight to one host from one gateway"),
+    ("direct_channel", bool, "send batches to hosts on this node by a Unix socket, not Ray calls"),
     ("max_queue", int, "operations waiting for one host before callers get 503"),
     ("deadline", float, "seconds a request may take, retries included"),
     ("idle_timeout", float, "seconds an unused object stays in memory (and a per-name actor up)"),

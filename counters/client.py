@@ -38,6 +38,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
 
+from .channel import Channel, ChannelAddress
 from .counter import Counter
 from .errors import CountersError, HostUnavailable, OutcomeUnknown, Overloaded
 from .operations import Operation, Outcome
@@ -81,6 +82,10 @@ class Namespace:
         self._last_forget = time.monotonic()
         self._host_names: dict[str, str] = {}
         self._nodes: dict[str, str] = {}  # per-name host -> Ray node id
+        self._channels: dict[str, Channel] = {}  # host -> direct channel (same node only)
+        self._remote_hosts: set[str] = set()  # hosts on other nodes: no channel
+        self._opening: dict[str, asyncio.Task[Channel | None]] = {}
+        self._my_node: str | None = None
 
     @classmethod
     def join(cls, namespace: str = "counters", object_class: type = Counter) -> Namespace:
@@ -162,19 +167,61 @@ class Namespace:
         """Stop every host this binding reached (their data stays on disk). For tests and admin."""
         with self._handles_lock:
             handles, self._handles = dict(self._handles), {}
-        for handle in handles.values():
+        for host, handle in handles.items():
+            self._forget_placement(host)
             ray.kill(handle, no_restart=True)
 
     async def send(self, host: str, operations: Sequence[Operation]) -> tuple[Outcome, ...]:
-        """One call to `host` carrying `operations`; raises OutcomeUnknown if the host was lost."""
+        """One call to `host` carrying `operations`; raises OutcomeUnknown if the host was lost.
+
+        By the host's direct channel when it runs on this node (see `channel.py`), else by Ray.
+        """
         handle = self._handles.get(host)
         if handle is None:
             handle = await asyncio.to_thread(self.handle, host)
         try:
+            channel = await self._channel(host, handle)
+            if channel is not None:
+                return await channel.call(operations)
             outcomes = await handle.apply.remote(tuple(operations))
         except RayActorError as error:
             raise self._lost(host, error) from None
         return cast(tuple[Outcome, ...], outcomes)
+
+    async def _channel(self, host: str, handle: ActorHandle[Any]) -> Channel | None:
+        """The open channel to `host` on this loop, opened on first use; None to use Ray."""
+        if not self.settings.direct_channel or host in self._remote_hosts:
+            return None
+        loop = asyncio.get_running_loop()
+        channel = self._channels.get(host)
+        if channel is not None and channel.is_open and channel.loop is loop:
+            return channel
+        opening = self._opening.get(host)
+        if opening is None or opening.get_loop() is not loop:
+            # One opening per host at a time: the lane's senders all wait for the same one.
+            opening = self._opening[host] = loop.create_task(self._open_channel(host, handle))
+            opening.add_done_callback(lambda _: self._opening.pop(host, None))
+        return await asyncio.shield(opening)
+
+    async def _open_channel(self, host: str, handle: ActorHandle[Any]) -> Channel | None:
+        address: ChannelAddress = await handle.channel_address.remote()
+        if address.node_id != self._node_id():
+            self._remote_hosts.add(host)  # on another node: Ray carries its calls
+            return None
+        try:
+            channel = await Channel.open(host, address)
+        except OSError as error:
+            # Its process is gone (killed or passivated) since it answered: retry through Ray.
+            raise HostUnavailable(f"cannot open the channel to host {host}: {error}") from None
+        if (old := self._channels.get(host)) is not None:
+            old.close()
+        self._channels[host] = channel
+        return channel
+
+    def _node_id(self) -> str:
+        if self._my_node is None:
+            self._my_node = str(ray.get_runtime_context().get_node_id())
+        return self._my_node
 
     async def maintain(self) -> None:
         """One round of passivation over the hosts this binding knows; see the module doc."""
@@ -230,17 +277,26 @@ class Namespace:
                 del self._handles[host]
         self._lanes.pop(host, None)
         self._last_used.pop(host, None)
-        self._nodes.pop(host, None)  # a new actor may start on another node
+        self._forget_placement(host)
 
     def _lost(self, host: str, error: RayActorError) -> CountersError:
         if isinstance(error, ActorDiedError):
             # Gone for good (passivated, killed, or its node lost): find or create it anew.
             with self._handles_lock:
                 self._handles.pop(host, None)
+            self._forget_placement(host)
         return OutcomeUnknown(
             f"host {host} failed during the call, which may or may not have been applied: "
             f"{type(error).__name__}"
         )
+
+    def _forget_placement(self, host: str) -> None:
+        """A new actor of `host` may start on another node, with another channel."""
+        self._nodes.pop(host, None)
+        self._remote_hosts.discard(host)
+        channel = self._channels.pop(host, None)
+        if channel is not None:
+            channel.close()
 
     def gave_up(self, operation: Operation, error: CountersError | None) -> HostUnavailable:
         why = f" (last error: {error.message})" if error is not None else ""

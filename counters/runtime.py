@@ -2,7 +2,8 @@
 
 This is the one place `ray.remote` is applied. A host actor is synchronous with
 ``max_concurrency=1``: Ray runs its calls one at a time, which is what makes it the single writer
-of its objects and its SQLite file. It is detached (it outlives the client that created it), named
+of its objects and its SQLite file (batches that come by the direct channel, `channel.py`, take
+the same lock as Ray's calls). It is detached (it outlives the client that created it), named
 (any client finds it by name in the namespace), and restarted by Ray after a crash
 (``max_restarts=-1``). Calls are not retried by Ray (``max_task_retries=0``): a call that was in
 flight when the actor died may or may not have been applied, so the client resends it itself,
@@ -16,14 +17,18 @@ import functools
 import gc
 import json
 import os
+import threading
+from collections.abc import Sequence
 from typing import Any, cast
 
 import ray
 from ray.actor import ActorClass, ActorHandle
 from ray.experimental import internal_kv
 
+from .channel import ChannelAddress, ChannelServer
 from .errors import ConfigError
 from .host import ObjectHost
+from .operations import Operation, Outcome
 from .placement import Layout
 from .settings import Settings
 
@@ -54,26 +59,68 @@ def host_actor_class(object_class: type) -> ActorClass[Any]:
 
 
 class _RayHost(ObjectHost):
-    """What a host can only do as a Ray actor."""
+    """What a host can only do as a Ray actor.
+
+    Ray runs its calls one at a time; batches from the direct channel (`channel.py`) arrive on
+    other threads, so every call that touches the host's state takes `_serial` too: one writer.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._serial = threading.RLock()  # apply may sweep, which takes it too
+        self._exiting = False
+        self._channel: ChannelServer | None = None
         tune_gc()
+
+    def apply(self, operations: Sequence[Operation]) -> tuple[Outcome, ...]:
+        with self._serial:
+            return super().apply(operations)
+
+    def sweep(self) -> int:
+        with self._serial:
+            return super().sweep()
+
+    def forget_expired_ids(self) -> int:
+        with self._serial:
+            return super().forget_expired_ids()
+
+    def stats(self) -> dict[str, int]:
+        with self._serial:
+            channel_batches = self._channel.batches if self._channel is not None else 0
+            return {**super().stats(), "channel_batches": channel_batches}
 
     def node_id(self) -> str:
         """The Ray node this host runs on (caps on live actors count per node)."""
         return str(ray.get_runtime_context().get_node_id())
 
+    def channel_address(self) -> ChannelAddress:
+        """Where clients on this node send batches directly; the channel opens on first ask."""
+        with self._serial:
+            if self._channel is None:
+                self._channel = ChannelServer(self.node_id(), self._apply_from_channel)
+            return self._channel.address
+
     def passivate_if_idle(self, idle_seconds: float) -> bool:
         """Exit for good (no restart) if no batch came for `idle_seconds`; False if busy.
 
         Ray runs this between batches, so no call is cut short. Calls queued behind it fail
-        with ActorDiedError; the client retries them on a new actor, which loads from disk.
+        with ActorDiedError, and channel batches are refused from here on; the client retries
+        them on a new actor, which loads from disk.
         """
-        if self.idle_for() < idle_seconds:
-            return False
+        with self._serial:
+            if self.idle_for() < idle_seconds:
+                return False
+            self._exiting = True  # no batch after this: a successor may start at once
+            if self._channel is not None:
+                self._channel.close()
         ray.actor.exit_actor()  # type: ignore[no-untyped-call]
         return True  # not reached: exit_actor ends the actor
+
+    def _apply_from_channel(self, operations: Sequence[Operation]) -> tuple[Outcome, ...] | None:
+        with self._serial:
+            if self._exiting:
+                return None
+            return ObjectHost.apply(self, operations)
 
 
 def get_or_create_host(

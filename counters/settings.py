@@ -39,6 +39,7 @@ class Settings:
     host_resource: str | None = None
     max_batch: int = 1024
     max_in_flight: int = 2
+    direct_channel: bool = True
     max_queue: int = 10_000
     deadline: float = 10.0
     idle_timeout: float = 60.0
