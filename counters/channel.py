@@ -82,10 +82,13 @@ class ChannelServer:
     """
 
     def __init__(
-        self, node_id: str, serve: Callable[[Sequence[Operation]], tuple[Outcome, ...] | None]
+        self,
+        node_id: str,
+        serve: Callable[[Sequence[Operation]], tuple[Outcome, ...] | None],
+        parent: Path | None = None,
     ) -> None:
         self._serve = serve
-        parent = Path(tempfile.gettempdir())
+        parent = parent or Path(tempfile.gettempdir())
         _remove_stale_dirs(parent)
         # mkdtemp makes it mode 0700: only this user reaches the socket.
         self._dir = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-", dir=parent))

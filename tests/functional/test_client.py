@@ -66,8 +66,11 @@ async def test_stub_refuses_bad_input_before_sending(namespace: Namespace) -> No
     assert namespace.known_hosts() == []
 
 
-@pytest.mark.parametrize("placement", [Placement.SHARDED], indirect=True)
-async def test_concurrent_calls_are_coalesced(namespace: Namespace) -> None:
+@pytest.mark.parametrize("direct_channel", [True, False], ids=["channel", "ray-calls"])
+async def test_concurrent_calls_are_coalesced(
+    make_namespace: NamespaceFactory, direct_channel: bool
+) -> None:
+    namespace = make_namespace(Placement.SHARDED, direct_channel=direct_channel)
     stub = namespace.get_by_name("hot")
     results = await asyncio.gather(*(stub.increment() for _ in range(500)))
     assert sorted(results) == list(range(1, 501))
@@ -76,6 +79,8 @@ async def test_concurrent_calls_are_coalesced(namespace: Namespace) -> None:
     assert stats["operations"] == 500
     # 500 calls in flight at once leave in a handful of batches, not 500 actor calls.
     assert stats["batches"] <= 50
+    # On the host's node they travel by its Unix socket, unless that is turned off.
+    assert stats["channel_batches"] == (stats["batches"] if direct_channel else 0)
 
 
 def test_creating_one_host_from_many_callers_yields_one_actor(

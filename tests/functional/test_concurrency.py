@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient
 
 from counters.placement import Placement, host_file_name
@@ -21,12 +22,20 @@ TOTAL = 2000
 CONNECTIONS = 64
 
 
+@pytest.mark.parametrize(
+    ("placement", "direct_channel"),
+    [(Placement.SHARDED, True), (Placement.PER_NAME, True), (Placement.SHARDED, False)],
+    ids=["sharded", "per-name", "sharded-ray-calls"],
+)
 async def test_2000_concurrent_increments_over_20_names_end_exactly_right(
     make_namespace: NamespaceFactory,
     placement: Placement,
+    direct_channel: bool,
     aiohttp_client: Callable[..., Any],
 ) -> None:
-    namespace = make_namespace(placement, deadline=COLD_START_DEADLINE)
+    namespace = make_namespace(
+        placement, deadline=COLD_START_DEADLINE, direct_channel=direct_channel
+    )
     client: TestClient[Any, Any] = await aiohttp_client(make_app(namespace))
     plan = [NAMES[i % len(NAMES)] for i in range(TOTAL)]
     url = client.make_url("/increment")

@@ -1,0 +1,135 @@
+"""The direct channel without Ray: a real host, real Unix sockets, a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from counters.channel import Channel, ChannelAddress, ChannelServer
+from counters.counter import Counter
+from counters.errors import OutcomeUnknown
+from counters.host import ObjectHost
+from counters.operations import Operation, Outcome
+from counters.placement import Layout, Placement
+
+LAYOUT = Layout("Counter", Placement.SHARDED, 1)
+
+
+class Served:
+    """A host behind a channel server, as `runtime.py` wires them, with a switch to refuse."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.storage_dir = str(tmp_path / "storage")
+        self.host = ObjectHost(Counter, "Counter.shard-0-of-1", self.storage_dir, LAYOUT)
+        self.lock = threading.Lock()
+        self.refusing = False
+        self.server = ChannelServer("node-1", self.serve, parent=tmp_path)
+
+    def serve(self, operations: Sequence[Operation]) -> tuple[Outcome, ...] | None:
+        with self.lock:
+            return None if self.refusing else self.host.apply(operations)
+
+    def value(self, name: str) -> int:
+        with self.lock:
+            value: int = self.host.call(name, "get_counter_value")
+            return value
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    served = Served(tmp_path)
+    yield served
+    served.server.close()
+
+
+def increments(name: str, count: int, prefix: str = "op") -> tuple[Operation, ...]:
+    return tuple(Operation(name, "increment", (1,), f"{prefix}-{i}") for i in range(count))
+
+
+async def test_pipelined_batches_are_answered_in_order_and_on_disk(served: Served) -> None:
+    channel = await Channel.open("h", served.server.address)
+    batches = [increments("A", 3, prefix=f"b{i}") for i in range(5)]
+    answers = await asyncio.gather(*(channel.call(batch) for batch in batches))
+    assert [o.value for outcomes in answers for o in outcomes] == list(range(1, 16))
+    assert served.server.batches == 5
+    channel.close()
+    reloaded = ObjectHost(Counter, "Counter.shard-0-of-1", served.storage_dir, LAYOUT)
+    assert reloaded.call("A", "get_counter_value") == 15
+
+
+async def test_a_batch_larger_than_the_socket_buffer_goes_through(served: Served) -> None:
+    channel = await Channel.open("h", served.server.address)
+    # Tens of megabytes of names: the socket takes it in pieces, both ways.
+    batch = tuple(
+        Operation(f"n{i}-" + "x" * 900, "increment", (1,), f"id{i}") for i in range(30_000)
+    )
+    outcomes = await channel.call(batch)
+    assert [o.value for o in outcomes] == [1] * len(batch)
+    channel.close()
+
+
+async def test_a_resent_batch_is_answered_without_a_second_effect(served: Served) -> None:
+    channel = await Channel.open("h", served.server.address)
+    batch = increments("A", 2)
+    first = await channel.call(batch)
+    again = await channel.call(batch)
+    assert first == again == (Outcome(1), Outcome(2))
+    assert served.value("A") == 2
+    channel.close()
+
+
+async def test_a_wrong_token_is_hung_up_on(served: Served) -> None:
+    address = served.server.address._replace(token=b"x" * len(served.server.address.token))
+    channel = await Channel.open("h", address)
+    with pytest.raises(OutcomeUnknown, match="may or may not have been applied"):
+        await channel.call(increments("A", 1))
+    assert served.value("A") == 0
+    assert not channel.is_open
+
+
+async def test_a_host_that_is_exiting_refuses_and_applies_nothing(served: Served) -> None:
+    channel = await Channel.open("h", served.server.address)
+    served.refusing = True
+    with pytest.raises(OutcomeUnknown):
+        await channel.call(increments("A", 1))
+    with pytest.raises(OutcomeUnknown):  # a broken channel stays broken: open a new one
+        await channel.call(increments("A", 1))
+    served.refusing = False
+    assert served.value("A") == 0
+
+
+async def test_nobody_listening_is_an_os_error(tmp_path: Path) -> None:
+    address = ChannelAddress("node-1", str(tmp_path / "nobody.sock"), b"t" * 32)
+    with pytest.raises(FileNotFoundError):
+        await Channel.open("h", address)
+
+
+def test_closing_after_the_loop_is_gone_leaves_no_socket_open(served: Served) -> None:
+    async def use() -> Channel:
+        channel = await Channel.open("h", served.server.address)
+        assert (await channel.call(increments("A", 1)))[0].value == 1
+        return channel
+
+    channel = asyncio.run(use())
+    channel.close()  # filterwarnings=error: an unclosed socket would fail this test
+    assert channel._sock.fileno() == -1
+
+
+def test_socket_dirs_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    dead = tmp_path / "counters-channel-999999999-abc"
+    dead.mkdir()
+    (dead / "host.sock").touch()
+    alive = tmp_path / f"counters-channel-{os.getpid()}-def"
+    alive.mkdir()
+    server = ChannelServer("node-1", lambda operations: None, parent=tmp_path)
+    assert not dead.exists()
+    assert alive.exists()
+    assert Path(server.address.path).exists()
+    assert oct(Path(server.address.path).parent.stat().st_mode & 0o777) == "0o700"
+    server.close()
+    assert not Path(server.address.path).parent.exists()
