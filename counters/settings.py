@@ -37,7 +37,7 @@ class Settings:
     shards: int = 2
     dashboard_port: int = 8265
     host_resource: str | None = None
-    max_batch: int = 1024
+    max_batch: int = 4096
     max_in_flight: int = 2
     direct_channel: bool = True
     max_queue: int = 10_000
