@@ -13,7 +13,8 @@ Theory of operation.
   path and a random token. Only a caller that can reach the actor through Ray learns the token, and
   the socket sits in a directory only this user can enter.
 - Protocol. The client sends the 32-byte token, then frames: a 4-byte big-endian length and a
-  pickle. A request is a tuple of Operations, its reply the tuple of their Outcomes. The host
+  pickle. A request is a list of operations as plain tuples, its reply their `Results` as a
+  plain pair (plain tuples pickle without a Python call per operation, NamedTuples not). The host
   answers one connection's requests in the order they came, so, as with Ray's calls from one
   caller, a client may pipeline a few batches and they run in the order sent.
 - One writer. The host applies a channel's batch under the same lock as its Ray calls
@@ -45,7 +46,7 @@ from typing import Any, NamedTuple
 from ray import cloudpickle
 
 from .errors import OutcomeUnknown
-from .operations import Operation, Outcome
+from .operations import Operation, Outcome, Results
 
 __all__ = ["Channel", "ChannelAddress", "ChannelServer", "dumps"]
 
@@ -138,7 +139,7 @@ class ChannelServer:
                     if outcomes is None:
                         return  # refused: the host is exiting
                     self.batches += 1
-                    connection.sendall(dumps(outcomes))
+                    connection.sendall(dumps(tuple(Results.of(outcomes))))
             except OSError:
                 return  # the client is gone; what it sent is applied or not, it will retry
             except Exception:  # a broken frame: drop this client, keep the host
@@ -169,7 +170,7 @@ class Channel:
         self.host = host
         self.loop = asyncio.get_running_loop()
         self._sock = sock
-        self._waiting: collections.deque[asyncio.Future[tuple[Outcome, ...]]] = collections.deque()
+        self._waiting: collections.deque[asyncio.Future[Results]] = collections.deque()
         self._received = bytearray()
         self._unsent = bytearray()  # what the socket did not take at once
         self._lost: str | None = None
@@ -193,14 +194,14 @@ class Channel:
     def is_open(self) -> bool:
         return self._lost is None
 
-    def call(self, operations: Sequence[Operation]) -> asyncio.Future[tuple[Outcome, ...]]:
-        """Send one batch; a future of its outcomes, or of OutcomeUnknown if the link breaks."""
-        future: asyncio.Future[tuple[Outcome, ...]] = self.loop.create_future()
+    def call(self, operations: Sequence[Operation]) -> asyncio.Future[Results]:
+        """Send one batch; a future of its results, or of OutcomeUnknown if the link breaks."""
+        future: asyncio.Future[Results] = self.loop.create_future()
         if self._lost is not None:
             future.set_exception(self._unknown())
             return future
         self._waiting.append(future)
-        self._write(dumps(tuple(operations)))
+        self._write(dumps([tuple(operation) for operation in operations]))
         return future
 
     def close(self) -> None:
@@ -263,7 +264,7 @@ class Channel:
             if len(self._received) < end:
                 return
             try:
-                outcomes = pickle.loads(self._received[_LENGTH.size : end])
+                values, errors = pickle.loads(self._received[_LENGTH.size : end])
             except Exception as error:  # a reply we cannot read: as good as a broken link
                 self._fail(f"unreadable reply: {error}")
                 return
@@ -271,7 +272,7 @@ class Channel:
             if self._waiting:
                 future = self._waiting.popleft()
                 if not future.done():
-                    future.set_result(outcomes)
+                    future.set_result(Results(values, errors))
 
     def _fail(self, why: str) -> None:
         """The link is gone: close it, and fail what waits, which may or may not have run."""

@@ -41,7 +41,7 @@ from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
 from .channel import Channel, ChannelAddress
 from .counter import Counter
 from .errors import CountersError, HostUnavailable, OutcomeUnknown, Overloaded
-from .operations import Operation, Outcome
+from .operations import Operation, Outcome, Results
 from .placement import Layout, Placement
 from .runtime import agree_on_service, get_or_create_host
 from .settings import Settings
@@ -171,7 +171,7 @@ class Namespace:
             self._forget_placement(host)
             ray.kill(handle, no_restart=True)
 
-    async def send(self, host: str, operations: Sequence[Operation]) -> tuple[Outcome, ...]:
+    async def send(self, host: str, operations: Sequence[Operation]) -> Results:
         """One call to `host` carrying `operations`; raises OutcomeUnknown if the host was lost.
 
         By the host's direct channel when it runs on this node (see `channel.py`), else by Ray.
@@ -186,7 +186,7 @@ class Namespace:
             outcomes = await handle.apply.remote(tuple(operations))
         except RayActorError as error:
             raise self._lost(host, error) from None
-        return cast(tuple[Outcome, ...], outcomes)
+        return Results.of(cast(tuple[Outcome, ...], outcomes))
 
     async def _channel(self, host: str, handle: ActorHandle[Any]) -> Channel | None:
         """The open channel to `host` on this loop, opened on first use; None to use Ray."""
@@ -388,13 +388,15 @@ class _Lane:
                     future.set_exception(error)
             raise
         self._backoff = _FIRST_BACKOFF
-        for (_, future, _), outcome in zip(batch, outcomes, strict=True):
+        values, errors = outcomes
+        for index, ((_, future, _), value) in enumerate(zip(batch, values, strict=True)):
             if future.done():
                 continue
-            if outcome.error is not None:
-                future.set_exception(outcome.error)
+            failure = errors.get(index) if errors else None
+            if failure is not None:
+                future.set_exception(failure)
             else:
-                future.set_result(outcome.value)
+                future.set_result(value)
 
     async def _retry_later(self, batch: list[_Entry], error: CountersError) -> None:
         """The host was lost: send the batch again after a backoff, within each deadline."""

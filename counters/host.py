@@ -183,7 +183,8 @@ class ObjectHost:
     def _run(
         self, operation: Operation, store: SqliteStore, touched: dict[str, _Active], now: float
     ) -> Outcome:
-        name = operation.object_name
+        # Unpacked, not read by field: the direct channel sends operations as plain tuples.
+        name, method_name, args, op_id = operation
         try:
             active = self._objects.get(name) if type(name) is str else None
             if active is None:  # only names that passed validation are ever in memory
@@ -191,14 +192,13 @@ class ObjectHost:
             else:
                 self._objects.move_to_end(name)
                 active.last_used = now
-            method = self._method(active.instance, operation.method, operation.args)
+            method = self._method(active.instance, method_name, args)
         except CountersError as error:
             return Outcome(error=error)
         touched[name] = active
-        op_id = operation.op_id
         request = ""
         if op_id is not None:
-            request = _request(operation)
+            request = _request(method_name, args)
             seen = active.applied.find(op_id)
             if seen is not None:
                 if seen.request != request:
@@ -210,7 +210,7 @@ class ObjectHost:
                     )
                 return Outcome(value=decode_value(seen.result))
         try:
-            value = method(*operation.args)
+            value = method(*args)
         except CountersError as error:
             active.storage.end_operation(keep=False)
             return Outcome(error=error)
@@ -218,7 +218,7 @@ class ObjectHost:
             active.storage.end_operation(keep=False)
             return Outcome(
                 error=CountersError(
-                    f"{self.object_class.__name__}.{operation.method} raised "
+                    f"{self.object_class.__name__}.{method_name} raised "
                     f"{type(error).__name__}: {error}"
                 )
             )
@@ -259,9 +259,9 @@ class ObjectHost:
         return self._store
 
 
-def _request(operation: Operation) -> str:
+def _request(method: str, args: tuple[Any, ...]) -> str:
     """What an operation asks, compactly: ``increment(5)``."""
-    return f"{operation.method}({', '.join(map(repr, operation.args))})"
+    return f"{method}({', '.join(map(repr, args))})"
 
 
 def _arity(function: Callable[..., Any]) -> tuple[int, int]:

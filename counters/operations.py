@@ -6,11 +6,12 @@ behind a class reference, which matters when a busy host call carries a thousand
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from .errors import CountersError
 
-__all__ = ["Operation", "Outcome"]
+__all__ = ["Operation", "Outcome", "Results"]
 
 
 class Operation(NamedTuple):
@@ -20,6 +21,23 @@ class Operation(NamedTuple):
     method: str
     args: tuple[Any, ...] = ()
     op_id: str | None = None  # a changing operation's id: sent twice, applied once
+
+
+class Results(NamedTuple):
+    """A batch's outcomes as a client reads them: every value, and the errors by position.
+
+    Cheaper to carry than an Outcome per operation: a busy batch has no errors at all.
+    """
+
+    values: list[Any]
+    errors: dict[int, CountersError]
+
+    @classmethod
+    def of(cls, outcomes: Sequence[Outcome]) -> Results:
+        return cls(
+            [outcome.value for outcome in outcomes],
+            {i: outcome.error for i, outcome in enumerate(outcomes) if outcome.error is not None},
+        )
 
 
 class Outcome(NamedTuple):

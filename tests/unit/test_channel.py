@@ -12,9 +12,9 @@ import pytest
 
 from counters.channel import Channel, ChannelAddress, ChannelServer
 from counters.counter import Counter
-from counters.errors import OutcomeUnknown
+from counters.errors import InvalidAmount, InvalidName, OutcomeUnknown
 from counters.host import ObjectHost
-from counters.operations import Operation, Outcome
+from counters.operations import Operation, Outcome, Results
 from counters.placement import Layout, Placement
 
 LAYOUT = Layout("Counter", Placement.SHARDED, 1)
@@ -55,7 +55,8 @@ async def test_pipelined_batches_are_answered_in_order_and_on_disk(served: Serve
     channel = await Channel.open("h", served.server.address)
     batches = [increments("A", 3, prefix=f"b{i}") for i in range(5)]
     answers = await asyncio.gather(*(channel.call(batch) for batch in batches))
-    assert [o.value for outcomes in answers for o in outcomes] == list(range(1, 16))
+    assert [value for results in answers for value in results.values] == list(range(1, 16))
+    assert all(results.errors == {} for results in answers)
     assert served.server.batches == 5
     channel.close()
     reloaded = ObjectHost(Counter, "Counter.shard-0-of-1", served.storage_dir, LAYOUT)
@@ -69,7 +70,7 @@ async def test_a_batch_larger_than_the_socket_buffer_goes_through(served: Served
         Operation(f"n{i}-" + "x" * 900, "increment", (1,), f"id{i}") for i in range(30_000)
     )
     outcomes = await channel.call(batch)
-    assert [o.value for o in outcomes] == [1] * len(batch)
+    assert outcomes == Results([1] * len(batch), {})
     channel.close()
 
 
@@ -78,7 +79,7 @@ async def test_a_resent_batch_is_answered_without_a_second_effect(served: Served
     batch = increments("A", 2)
     first = await channel.call(batch)
     again = await channel.call(batch)
-    assert first == again == (Outcome(1), Outcome(2))
+    assert first == again == Results([1, 2], {})
     assert served.value("A") == 2
     channel.close()
 
@@ -103,6 +104,23 @@ async def test_a_host_that_is_exiting_refuses_and_applies_nothing(served: Served
     assert served.value("A") == 0
 
 
+async def test_errors_come_back_by_position_and_fail_alone(served: Served) -> None:
+    channel = await Channel.open("h", served.server.address)
+    batch = (
+        Operation("A", "increment", (1,), "a"),
+        Operation("A", "increment", ("x",), "b"),
+        Operation("", "increment", (1,), "c"),
+        Operation("A", "increment", (2,), "d"),
+    )
+    results = await channel.call(batch)
+    assert results.values == [1, None, None, 3]
+    assert {i: type(error) for i, error in results.errors.items()} == {
+        1: InvalidAmount,
+        2: InvalidName,
+    }
+    channel.close()
+
+
 async def test_nobody_listening_is_an_os_error(tmp_path: Path) -> None:
     address = ChannelAddress("node-1", str(tmp_path / "nobody.sock"), b"t" * 32)
     with pytest.raises(FileNotFoundError):
@@ -112,7 +130,7 @@ async def test_nobody_listening_is_an_os_error(tmp_path: Path) -> None:
 def test_closing_after_the_loop_is_gone_leaves_no_socket_open(served: Served) -> None:
     async def use() -> Channel:
         channel = await Channel.open("h", served.server.address)
-        assert (await channel.call(increments("A", 1)))[0].value == 1
+        assert (await channel.call(increments("A", 1))).values == [1]
         return channel
 
     channel = asyncio.run(use())
