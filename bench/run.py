@@ -113,7 +113,13 @@ def process(command: list[str], ready_url: str | None, log: Path) -> Iterator[No
 
 
 def wrk(
-    base: str, path: str, duration: float, threads: int, connections: int, lua: str | None = None
+    base: str,
+    path: str,
+    duration: float,
+    threads: int,
+    connections: int,
+    lua: str | None = None,
+    warm_up: bool = False,
 ) -> tuple[float, float, float, int]:
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
@@ -131,7 +137,11 @@ def wrk(
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(r"Socket errors: (.*)", output)
     if socket_errors:
-        print(f"  wrk socket errors on {base}{path}: {socket_errors.group(1)}", file=sys.stderr)
+        when = " (warm-up, not measured)" if warm_up else ""
+        print(
+            f"  wrk socket errors on {base}{path}{when}: {socket_errors.group(1)}",
+            file=sys.stderr,
+        )
     return rps, p50, p99, int(errors.group(1)) if errors else 0
 
 
@@ -147,8 +157,8 @@ def http_scenarios(
     t, c = arguments.threads, arguments.connections
     results = []
     # Warm up: the hot counter exists, and every host the spread names need is up.
-    wrk(base, "/increment?name=hot", 2, t, c)
-    wrk(base, "/", 3, t, c, SPREAD_LUA % names_for_spread)
+    wrk(base, "/increment?name=hot", 2, t, c, warm_up=True)
+    wrk(base, "/", 3, t, c, SPREAD_LUA % names_for_spread, warm_up=True)
     for scenario, path, lua in [
         ("hot increments", "/increment?name=hot", None),
         (f"spread increments ({names_for_spread:,} names)", "/", SPREAD_LUA % names_for_spread),
@@ -319,7 +329,8 @@ def main() -> int:
             with counters_serve(port, tmp / "per-name", "per-name", tmp / "per-name.log"):
                 base = f"http://127.0.0.1:{port}"
                 lua = SPREAD_LUA % PER_NAME_NAMES
-                wrk(base, "/", 10, arguments.threads, arguments.connections, lua)  # create actors
+                # Create the actors first.
+                wrk(base, "/", 10, arguments.threads, arguments.connections, lua, warm_up=True)
                 results += http_scenarios("counters per-name", base, arguments, PER_NAME_NAMES)
         results += python_client_scenarios(arguments, tmp / "python")
     results.sort(key=lambda r: r.scenario)
