@@ -26,7 +26,10 @@ Theory of operation.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+import logging
+import math
 import random
 import secrets
 import threading
@@ -49,12 +52,15 @@ from .validation import check_amount, validate_name
 
 __all__ = ["BlockingCounterStub", "CounterStub", "Namespace", "new_op_id"]
 
+log = logging.getLogger(__name__)
+
 # Worth sending again: the host was lost or unreachable, and the operation id makes it safe.
 _RETRYABLE = (OutcomeUnknown, HostUnavailable)
 _FIRST_BACKOFF = 0.02
 _MAX_BACKOFF = 0.5
 _FORGET_EVERY = 3600.0  # seconds between sweeps of expired operation ids on disk
 _HOST_NAME_CACHE = 100_000
+_CHANNEL_RETRY = 30.0  # seconds on Ray calls after a host's channel could not be opened
 
 
 _OP_ID_PREFIX = secrets.token_urlsafe(9)  # 72 random bits for this process
@@ -83,7 +89,9 @@ class Namespace:
         self._host_names: dict[str, str] = {}
         self._nodes: dict[str, str] = {}  # per-name host -> Ray node id
         self._channels: dict[str, Channel] = {}  # host -> direct channel (same node only)
-        self._remote_hosts: set[str] = set()  # hosts on other nodes: no channel
+        # Hosts whose batches go by Ray until a monotonic time: forever for hosts on another
+        # node, a while for one whose socket could not be opened.
+        self._ray_only: dict[str, float] = {}
         self._opening: dict[str, asyncio.Task[Channel | None]] = {}
         self._my_node: str | None = None
 
@@ -190,7 +198,9 @@ class Namespace:
 
     async def _channel(self, host: str, handle: ActorHandle[Any]) -> Channel | None:
         """The open channel to `host` on this loop, opened on first use; None to use Ray."""
-        if not self.settings.direct_channel or host in self._remote_hosts:
+        if not self.settings.direct_channel:
+            return None
+        if host in self._ray_only and time.monotonic() < self._ray_only[host]:
             return None
         loop = asyncio.get_running_loop()
         channel = self._channels.get(host)
@@ -200,23 +210,33 @@ class Namespace:
         if opening is None or opening.get_loop() is not loop:
             # One opening per host at a time: the lane's senders all wait for the same one.
             opening = self._opening[host] = loop.create_task(self._open_channel(host, handle))
-            opening.add_done_callback(lambda _: self._opening.pop(host, None))
+            opening.add_done_callback(functools.partial(self._opened, host))
         return await asyncio.shield(opening)
 
     async def _open_channel(self, host: str, handle: ActorHandle[Any]) -> Channel | None:
         address: ChannelAddress = await handle.channel_address.remote()
         if address.node_id != self._node_id():
-            self._remote_hosts.add(host)  # on another node: Ray carries its calls
+            self._ray_only[host] = math.inf  # on another node: Ray carries its batches
             return None
         try:
             channel = await Channel.open(host, address)
         except OSError as error:
-            # Its process is gone (killed or passivated) since it answered: retry through Ray.
-            raise HostUnavailable(f"cannot open the channel to host {host}: {error}") from None
+            # Its process just died (Ray will answer for the next one), or this process cannot
+            # see the host's socket (another container, say): use Ray for a while.
+            log.warning("no direct channel to host %s, using Ray calls: %s", host, error)
+            self._ray_only[host] = time.monotonic() + _CHANNEL_RETRY
+            return None
+        self._ray_only.pop(host, None)
         if (old := self._channels.get(host)) is not None:
             old.close()
         self._channels[host] = channel
         return channel
+
+    def _opened(self, host: str, opening: asyncio.Task[Channel | None]) -> None:
+        if self._opening.get(host) is opening:
+            del self._opening[host]
+        if not opening.cancelled():
+            opening.exception()  # retrieved here too: its awaiters may all have gone
 
     def _node_id(self) -> str:
         if self._my_node is None:
@@ -293,7 +313,7 @@ class Namespace:
     def _forget_placement(self, host: str) -> None:
         """A new actor of `host` may start on another node, with another channel."""
         self._nodes.pop(host, None)
-        self._remote_hosts.discard(host)
+        self._ray_only.pop(host, None)
         channel = self._channels.pop(host, None)
         if channel is not None:
             channel.close()

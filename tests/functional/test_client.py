@@ -160,3 +160,21 @@ def test_clients_of_one_namespace_agree_on_its_settings(
 def test_joining_a_namespace_nobody_served_is_refused() -> None:
     with pytest.raises(ConfigError, match="no counters service has run"):
         Namespace.join("never-served")
+
+
+async def test_a_host_whose_socket_cannot_be_opened_is_called_by_ray(
+    make_namespace: NamespaceFactory,
+) -> None:
+    first = make_namespace(Placement.SHARDED, shards=1)
+    assert await first.get_by_name("A").increment() == 1
+    handle: Any = first.handle(first.host_for("A"))
+    address = await handle.channel_address.remote()
+    Path(address.path).unlink()  # as a client in another container would not see the socket
+    settings = first.settings
+    second = make_namespace(
+        Placement.SHARDED, shards=1, namespace=settings.namespace, storage_dir=settings.storage_dir
+    )
+    assert await second.get_by_name("A").increment() == 2
+    assert await second.get_by_name("A").increment() == 3
+    stats = await handle.stats.remote()
+    assert (stats["batches"], stats["channel_batches"]) == (3, 1)
