@@ -98,7 +98,8 @@ class ChannelServer:
         self._listener.bind(str(path))
         self._listener.listen(64)
         self.address = ChannelAddress(node_id, str(path), secrets.token_bytes(TOKEN_BYTES))
-        self.batches = 0
+        self.batches = 0  # batches served, over all connections
+        self._counting = threading.Lock()
         threading.Thread(target=self._accept, name="counters-channel", daemon=True).start()
 
     def close(self) -> None:
@@ -138,7 +139,8 @@ class ChannelServer:
                     outcomes = self._serve(pickle.loads(body))
                     if outcomes is None:
                         return  # refused: the host is exiting
-                    self.batches += 1
+                    with self._counting:  # connections run on threads of their own
+                        self.batches += 1
                     connection.sendall(dumps(tuple(Results.of(outcomes))))
             except OSError:
                 return  # the client is gone; what it sent is applied or not, it will retry
