@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from counters import sqlite_store
 from counters.applied_log import Retention
 from counters.counter import Counter
 from counters.errors import (
@@ -29,13 +28,6 @@ from counters.storage_dir import StorageDir
 from counters.validation import INT64_MAX
 
 LAYOUT = Layout("Counter", Placement.SHARDED, 2)
-
-
-@pytest.fixture(autouse=True, params=["fold-rarely", "fold-always"])
-def fold_at(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every host test twice: with operation ids recent, and folded after almost every batch."""
-    if request.param == "fold-always":
-        monkeypatch.setattr(sqlite_store, "FOLD_AT", 2)
 
 
 def make_host(storage_dir: Path, layout: Layout = LAYOUT) -> ObjectHost:

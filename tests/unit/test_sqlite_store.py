@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from counters.applied_log import AppliedOp
 from counters.errors import StorageFailed, StorageFull
 from counters.object_storage import DELETED
 from counters.sqlite_store import MIGRATIONS, SqliteStore
@@ -85,65 +84,3 @@ from counters.sqlite_store import SqliteStore
 SqliteStore(Path(sys.argv[1]), "h").write([("A", "value", "1")])
 os._exit(0)
 """
-
-
-def applied(at: float, result: str = "1") -> AppliedOp:
-    return AppliedOp(at, "increment(1)", result)
-
-
-def ids_of(store: SqliteStore, name: str) -> dict[str, AppliedOp]:
-    return dict(store.load(name)[1])
-
-
-def test_ids_are_appended_then_folded_and_always_found(tmp_path: Path) -> None:
-    path = tmp_path / "h.sqlite3"
-    store = SqliteStore(path, "h", fold_at=4)
-    store.write([("A", "value", "1")], applied=[("A", "a1", applied(1.0))])
-    store.write([("B", "value", "1")], applied=[("B", "b1", applied(2.0))])
-    store.write([("A", "value", "2")], applied=[("A", "a2", applied(3.0, "2"))])
-    with sqlite3.connect(path) as db:  # not folded yet: appended in order
-        assert db.execute("SELECT count(*) FROM applied").fetchone() == (0,)
-        assert db.execute("SELECT op_id FROM applied_recent ORDER BY seq").fetchall() == [
-            ("a1",),
-            ("b1",),
-            ("a2",),
-        ]
-    assert ids_of(store, "A") == {"a1": applied(1.0), "a2": applied(3.0, "2")}
-    # A reopened store finds the recent ids on disk.
-    assert ids_of(SqliteStore(path, "h", fold_at=4), "A") == ids_of(store, "A")
-    store.write([("B", "value", "2")], applied=[("B", "b2", applied(4.0, "2"))])
-    with sqlite3.connect(path) as db:  # the fourth id folded all of them into `applied`
-        assert db.execute("SELECT count(*) FROM applied").fetchone() == (4,)
-        assert db.execute("SELECT count(*) FROM applied_recent").fetchone() == (0,)
-    assert ids_of(store, "B") == {"b1": applied(2.0), "b2": applied(4.0, "2")}
-    store.write([("A", "value", "3")], applied=[("A", "a3", applied(5.0, "3"))])
-    reopened = SqliteStore(path, "h", fold_at=4)
-    assert set(ids_of(reopened, "A")) == {"a1", "a2", "a3"}  # from both tables
-
-
-def test_forgotten_ids_go_from_whichever_table_holds_them(tmp_path: Path) -> None:
-    path = tmp_path / "h.sqlite3"
-    store = SqliteStore(path, "h", fold_at=2)
-    store.write([], applied=[("A", "old1", applied(1.0)), ("A", "old2", applied(2.0))])  # folded
-    store.write([], applied=[("A", "new", applied(3.0))])  # recent
-    store.write([], forgotten=[("A", "old1"), ("A", "new")])
-    assert set(ids_of(store, "A")) == {"old2"}
-    assert set(ids_of(SqliteStore(path, "h", fold_at=2), "A")) == {"old2"}
-    store.write([], applied=[("A", "late", applied(9.0))])
-    assert store.forget_applied_before(5.0) == 1  # old2 only
-    assert set(ids_of(store, "A")) == {"late"}
-    assert set(ids_of(SqliteStore(path, "h", fold_at=2), "A")) == {"late"}
-
-
-def test_a_failed_write_leaves_the_recent_ids_as_on_disk(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "h.sqlite3", "h")
-    store.write([("A", "value", "1")], applied=[("A", "a1", applied(1.0))])
-    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
-    store._db.execute(f"PRAGMA max_page_count={pages}")
-    big = [(f"name-{i}", "value", str(i)) for i in range(5000)]
-    with pytest.raises(StorageFull):
-        store.write(big, applied=[("A", "a2", applied(2.0))], forgotten=[("A", "a1")])
-    assert set(ids_of(store, "A")) == {"a1"}
-    store._db.execute("PRAGMA max_page_count=1073741823")
-    store.write([], applied=[("A", "a2", applied(2.0))])
-    assert set(ids_of(SqliteStore(tmp_path / "h.sqlite3", "h"), "A")) == {"a1", "a2"}
