@@ -27,6 +27,7 @@ from ray.experimental import internal_kv
 
 from .channel import ChannelAddress, ChannelServer
 from .errors import ConfigError
+from .group_commit import GroupCommit
 from .host import ObjectHost
 from .operations import Operation, Outcome
 from .placement import Layout
@@ -63,6 +64,7 @@ class _RayHost(ObjectHost):
 
     Ray runs its calls one at a time; batches from the direct channel (`channel.py`) arrive on
     other threads, so every call that touches the host's state takes `_serial` too: one writer.
+    Batches that wait for it together are applied and committed as one (`group_commit.py`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -70,11 +72,16 @@ class _RayHost(ObjectHost):
         self._serial = threading.RLock()  # apply may sweep, which takes it too
         self._exiting = False
         self._channel: ChannelServer | None = None
+        # Batches waiting for the writer (from several clients) are committed together.
+        self._group = GroupCommit(
+            functools.partial(ObjectHost.apply, self), self._serial, lambda: self._exiting
+        )
         tune_gc()
 
     def apply(self, operations: Sequence[Operation]) -> tuple[Outcome, ...]:
-        with self._serial:
-            return super().apply(operations)
+        outcomes = self._group.apply(operations)
+        assert outcomes is not None  # only channel batches are refused
+        return outcomes
 
     def sweep(self) -> int:
         with self._serial:
@@ -117,10 +124,7 @@ class _RayHost(ObjectHost):
         return True  # not reached: exit_actor ends the actor
 
     def _apply_from_channel(self, operations: Sequence[Operation]) -> tuple[Outcome, ...] | None:
-        with self._serial:
-            if self._exiting:
-                return None
-            return ObjectHost.apply(self, operations)
+        return self._group.apply(operations, refusable=True)
 
 
 def get_or_create_host(

@@ -13,6 +13,7 @@ import pytest
 from counters.channel import Channel, ChannelAddress, ChannelServer
 from counters.counter import Counter
 from counters.errors import InvalidAmount, InvalidName, OutcomeUnknown
+from counters.group_commit import GroupCommit
 from counters.host import ObjectHost
 from counters.operations import Operation, Outcome, Results
 from counters.placement import Layout, Placement
@@ -26,13 +27,13 @@ class Served:
     def __init__(self, tmp_path: Path) -> None:
         self.storage_dir = str(tmp_path / "storage")
         self.host = ObjectHost(Counter, "Counter.shard-0-of-1", self.storage_dir, LAYOUT)
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.refusing = False
+        self.group = GroupCommit(self.host.apply, self.lock, lambda: self.refusing)
         self.server = ChannelServer("node-1", self.serve, parent=tmp_path)
 
     def serve(self, operations: Sequence[Operation]) -> tuple[Outcome, ...] | None:
-        with self.lock:
-            return None if self.refusing else self.host.apply(operations)
+        return self.group.apply(operations, refusable=True)
 
     def value(self, name: str) -> int:
         with self.lock:
