@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import signal
 
 import ray
 from aiohttp import web
 
-from gateway import make_app
+from gateway import Gateway
 
 from .client import Namespace
 from .runtime import start_ray, tune_gc
@@ -25,44 +25,48 @@ def serve(settings: Settings) -> int:
     started_ray = start_ray(settings)
     try:
         namespace = Namespace(settings)
-        app = make_app(namespace)
-
-        async def announce(app: web.Application) -> AsyncIterator[None]:
-            where = "a local Ray" if started_ray else f"the Ray cluster at {settings.address}"
-            log.info(
-                "serving on http://%s:%d on %s; storage in %s; %s placement",
-                settings.host,
-                settings.port,
-                where,
-                settings.storage_path,
-                settings.placement.value,
-            )
-            address = ray.get_runtime_context().gcs_address
-            log.info(
-                "Ray at %s: clients join with ray.init(address='auto') on this machine, "
-                "or with RAY_ADDRESS=%s RAY_AUTH_MODE=token",
-                address,
-                address,
-            )
-            if started_ray and settings.dashboard_port:
-                log.info("Ray dashboard: http://127.0.0.1:%d", settings.dashboard_port)
-            tune_gc()  # everything long-lived exists by now
-            yield
-            log.info("stopping")
-
-        app.cleanup_ctx.append(announce)
         _use_uvloop()
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            print=None,
-            access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
-        )
+        asyncio.run(_serve(settings, Gateway(namespace), started_ray))
     finally:
         if started_ray:
             ray.shutdown()
     return 0
+
+
+async def _serve(settings: Settings, gateway: Gateway, started_ray: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    access_log = logging.getLogger("aiohttp.access") if settings.access_log else None
+    runner = web.ServerRunner(gateway.server(access_log=access_log))
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        where = "a local Ray" if started_ray else f"the Ray cluster at {settings.address}"
+        log.info(
+            "serving on http://%s:%d on %s; storage in %s; %s placement",
+            settings.host,
+            settings.port,
+            where,
+            settings.storage_path,
+            settings.placement.value,
+        )
+        address = ray.get_runtime_context().gcs_address
+        log.info(
+            "Ray at %s: clients join with ray.init(address='auto') on this machine, "
+            "or with RAY_ADDRESS=%s RAY_AUTH_MODE=token",
+            address,
+            address,
+        )
+        if started_ray and settings.dashboard_port:
+            log.info("Ray dashboard: http://127.0.0.1:%d", settings.dashboard_port)
+        tune_gc()  # everything long-lived exists by now
+        async with gateway.maintaining():
+            await stop.wait()
+        log.info("stopping")
+    finally:
+        await runner.cleanup()  # stop listening, let requests in progress finish
 
 
 def _use_uvloop() -> None:

@@ -1,5 +1,5 @@
 """The HTTP gateway: the example's URLs and answers, served by aiohttp over `counters`."""
 
-from .app import NAMESPACE, make_app
+from .app import Gateway
 
-__all__ = ["NAMESPACE", "make_app"]
+__all__ = ["Gateway"]

@@ -1,4 +1,4 @@
-"""The aiohttp application: the example's Worker, route for route.
+"""The HTTP gateway: the example's Worker, route for route, on aiohttp's low-level server.
 
     GET  /?name=A             Durable Object 'A' count: 0
     GET|POST /increment?name=A[&amount=N]
@@ -13,6 +13,11 @@ fresh one), so that a client can retry safely after a 503.
 Answers are the example's plain text, or ``{"name": ..., "count": ...}`` for a client that
 accepts application/json. Errors carry their reason in the body; the status comes from the error
 (`counters.errors`), and 503s say when to retry.
+
+Served by `aiohttp.web.Server` with a route table of our own rather than by `web.Application`:
+the application's request object, router and signals cost about a third of a request's time on
+the hot path (see docs/benchmarks.md); the protocol, parser and responses are aiohttp's all the
+same.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from counters.client import Namespace, new_op_id
 from counters.errors import CountersError, InvalidInput, InvalidName
@@ -33,9 +38,7 @@ from counters.validation import parse_amount
 
 from .query import QueryParams
 
-__all__ = ["NAMESPACE", "make_app"]
-
-NAMESPACE = web.AppKey("namespace", Namespace)
+__all__ = ["Gateway"]
 
 NO_NAME = (
     "Select a Durable Object to contact by using"
@@ -49,34 +52,35 @@ _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 log = logging.getLogger(__name__)
 
-
-def make_app(namespace: Namespace) -> web.Application:
-    """The gateway over `namespace`; the caller owns Ray and the namespace's lifetime."""
-    # No middleware: aiohttp wraps every handler call once per middleware, a measurable share of
-    # a hot request; each handler answers its own errors instead (`_answering`).
-    app = web.Application()
-    app[NAMESPACE] = namespace
-    app.cleanup_ctx.append(_passivation)
-    app.add_routes(
-        [
-            web.route("*", "/", _answering(_read)),
-            web.route("*", "/increment", _answering(_changer("increment"))),
-            web.route("*", "/decrement", _answering(_changer("decrement"))),
-            web.route("*", "/healthz", _answering(_healthz)),
-            web.route("*", "/{tail:.*}", _answering(_not_found)),
-        ]
-    )
-    return app
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+class Gateway:
+    """The gateway over `namespace`; the caller owns Ray and the namespace's lifetime.
 
+    ``server()`` is what aiohttp serves; ``maintaining()`` runs passivation in the background
+    while the gateway serves.
+    """
 
-def _answering(handler: Handler) -> Handler:
-    """`handler`, with our errors answered as responses: status, reason, key to retry with."""
+    def __init__(self, namespace: Namespace) -> None:
+        self.namespace = namespace
+        self._routes: dict[str, Handler] = {
+            "/": self._read,
+            "/increment": self._changer("increment"),
+            "/decrement": self._changer("decrement"),
+            "/healthz": _healthz,
+        }
 
-    async def answer(request: web.Request) -> web.StreamResponse:
+    def server(self, **kwargs: Any) -> web.Server:
+        """An aiohttp low-level server answering with this gateway; `kwargs` go to aiohttp."""
+        return web.Server(self.handle, **kwargs)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Answer one request: its route's answer, or our errors as responses."""
+        handler = self._routes.get(request.path, _not_found)
         try:
+            if request.headers.get("Expect") is not None:
+                await _expect(request)
             return await handler(request)
         except CountersError as error:
             headers = {"Retry-After": "1"} if error.http_status in (503, 507) else {}
@@ -91,70 +95,79 @@ def _answering(handler: Handler) -> Handler:
             headers = {"Allow": error.headers["Allow"]}
             return _respond(request, 405, error.text or "", body, headers)
 
-    return answer
+    @contextlib.asynccontextmanager
+    async def maintaining(self) -> AsyncIterator[None]:
+        """In the background: idle objects leave memory, idle per-name actors stop."""
+        namespace = self.namespace
 
+        async def run() -> None:
+            interval = min(30.0, max(0.5, namespace.settings.idle_timeout / 4))
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await namespace.maintain()
+                except Exception:  # keep going: a failed round is retried at the next one
+                    log.exception("passivation round failed")
 
-async def _read(request: web.Request) -> web.StreamResponse:
-    _allow(request, READ_METHODS)
-    params = await _params(request)
-    name = _name(params)
-    count = await request.app[NAMESPACE].get_by_name(name).get_counter_value()
-    return _count_response(request, name, count)
+        task = asyncio.create_task(run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
-
-def _changer(method: str) -> Handler:
-    async def change(request: web.Request) -> web.StreamResponse:
-        _allow(request, CHANGE_METHODS)
+    async def _read(self, request: web.BaseRequest) -> web.StreamResponse:
+        _allow(request, READ_METHODS)
         params = await _params(request)
         name = _name(params)
-        amount_text = params.first("amount")
-        amount = 1 if amount_text is None else parse_amount(amount_text)
-        op_id = request[OP_ID] = _idempotency_key(request) or new_op_id()
-        stub = request.app[NAMESPACE].get_by_name(name)
-        rpc = stub.increment if method == "increment" else stub.decrement
-        count = await rpc(amount, op_id=op_id)
+        count = await self.namespace.get_by_name(name).get_counter_value()
         return _count_response(request, name, count)
 
-    return change
+    def _changer(self, method: str) -> Handler:
+        async def change(request: web.BaseRequest) -> web.StreamResponse:
+            _allow(request, CHANGE_METHODS)
+            params = await _params(request)
+            name = _name(params)
+            amount_text = params.first("amount")
+            amount = 1 if amount_text is None else parse_amount(amount_text)
+            op_id = request[OP_ID] = _idempotency_key(request) or new_op_id()
+            stub = self.namespace.get_by_name(name)
+            rpc = stub.increment if method == "increment" else stub.decrement
+            count = await rpc(amount, op_id=op_id)
+            return _count_response(request, name, count)
+
+        return change
 
 
-async def _healthz(request: web.Request) -> web.StreamResponse:
+async def _expect(request: web.BaseRequest) -> None:
+    """Let a client that waits for it send its body, as aiohttp's router would."""
+    expect = request.headers["Expect"]
+    if request.version != HttpVersion11:
+        return
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the answer's own size starts after this line
+
+
+async def _healthz(request: web.BaseRequest) -> web.StreamResponse:
     _allow(request, READ_METHODS)
     return _respond(request, 200, "ok", {"status": "ok"})
 
 
-async def _not_found(request: web.Request) -> web.StreamResponse:
+async def _not_found(request: web.BaseRequest) -> web.StreamResponse:
     return _respond(request, 404, "Not found", {"error": "not_found", "message": "Not found"})
 
 
-def _idempotency_key(request: web.Request) -> str | None:
+def _idempotency_key(request: web.BaseRequest) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _KEY.fullmatch(key):
         raise InvalidInput("Idempotency-Key must be 1 to 255 visible ASCII characters")
     return key
 
 
-async def _passivation(app: web.Application) -> AsyncIterator[None]:
-    """In the background: idle objects leave memory, idle per-name actors stop."""
-    namespace = app[NAMESPACE]
-
-    async def run() -> None:
-        interval = min(30.0, max(0.5, namespace.settings.idle_timeout / 4))
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await namespace.maintain()
-            except Exception:  # keep going: a failed round is retried at the next one
-                log.exception("passivation round failed")
-
-    task = asyncio.create_task(run())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-def _allow(request: web.Request, methods: tuple[str, ...]) -> None:
+def _allow(request: web.BaseRequest, methods: tuple[str, ...]) -> None:
     if request.method not in methods:
         allowed = ", ".join(methods)
         raise web.HTTPMethodNotAllowed(
@@ -164,7 +177,7 @@ def _allow(request: web.Request, methods: tuple[str, ...]) -> None:
         )
 
 
-async def _params(request: web.Request) -> QueryParams:
+async def _params(request: web.BaseRequest) -> QueryParams:
     raw = [request.rel_url.raw_query_string]
     if request.method == "POST" and request.content_type == FORM:
         raw.append(await request.text())
@@ -179,18 +192,18 @@ def _name(params: QueryParams) -> str:
     return name
 
 
-def _count_response(request: web.Request, name: str, count: int) -> web.StreamResponse:
+def _count_response(request: web.BaseRequest, name: str, count: int) -> web.StreamResponse:
     return _respond(
         request, 200, f"Durable Object '{name}' count: {count}", {"name": name, "count": count}
     )
 
 
-def _wants_json(request: web.Request) -> bool:
+def _wants_json(request: web.BaseRequest) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
 def _respond(
-    request: web.Request,
+    request: web.BaseRequest,
     status: int,
     text: str,
     body: dict[str, Any],

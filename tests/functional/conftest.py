@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 import ray
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import RawTestServer, TestClient
 
 from counters.client import Namespace
 from counters.placement import Placement
 from counters.settings import Settings
-from gateway import make_app
+from gateway import Gateway
 
 NamespaceFactory = Callable[..., Namespace]
 
@@ -76,8 +76,13 @@ def namespace(make_namespace: NamespaceFactory, placement: Placement) -> Namespa
     return make_namespace(placement)
 
 
+def gateway_server(namespace: Namespace) -> RawTestServer:
+    """The real gateway over `namespace`, as `counters serve` runs it, on a loopback port."""
+    return RawTestServer(Gateway(namespace).handle)
+
+
 @pytest.fixture
 async def client(namespace: Namespace, aiohttp_client: Callable[..., Any]) -> TestClient[Any, Any]:
     """An HTTP client of the real gateway, served on a loopback port."""
-    test_client: TestClient[Any, Any] = await aiohttp_client(make_app(namespace))
+    test_client: TestClient[Any, Any] = await aiohttp_client(gateway_server(namespace))
     return test_client

@@ -14,8 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from counters.placement import Placement, host_file_name
-from gateway import make_app
-from tests.functional.conftest import COLD_START_DEADLINE, NamespaceFactory
+from tests.functional.conftest import COLD_START_DEADLINE, NamespaceFactory, gateway_server
 
 NAMES = [f"counter-{i}" for i in range(20)]
 TOTAL = 2000
@@ -36,7 +35,7 @@ async def test_2000_concurrent_increments_over_20_names_end_exactly_right(
     namespace = make_namespace(
         placement, deadline=COLD_START_DEADLINE, direct_channel=direct_channel
     )
-    client: TestClient[Any, Any] = await aiohttp_client(make_app(namespace))
+    client: TestClient[Any, Any] = await aiohttp_client(gateway_server(namespace))
     plan = [NAMES[i % len(NAMES)] for i in range(TOTAL)]
     url = client.make_url("/increment")
     seen: list[int] = []

@@ -23,8 +23,7 @@ from counters.client import Namespace
 from counters.errors import CountersError, HostUnavailable, Overloaded
 from counters.placement import Placement
 from counters.testing import host_processes
-from gateway import make_app
-from tests.functional.conftest import NamespaceFactory
+from tests.functional.conftest import NamespaceFactory, gateway_server
 
 
 async def test_sigkilled_hosts_lose_nothing_and_apply_nothing_twice(
@@ -104,7 +103,7 @@ async def test_an_unreachable_host_is_503_within_the_deadline(
 ) -> None:
     # Hosts need a resource no node has: they can never start.
     namespace = make_namespace(deadline=1.0, host_resource="no_such_node")
-    client = await aiohttp_client(make_app(namespace))
+    client = await aiohttp_client(gateway_server(namespace))
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with client.post("/increment?name=A", headers={"Idempotency-Key": "k-1"}) as response:
@@ -190,7 +189,7 @@ async def on_tiny_disk(
 ) -> tuple[Namespace, TestClient[Any, Any]]:
     """A gateway whose one host keeps its file on the tiny disk, with A counted once."""
     namespace = make_namespace(Placement.SHARDED, shards=1, storage_dir=tiny_disk / "store")
-    client = await aiohttp_client(make_app(namespace))
+    client = await aiohttp_client(gateway_server(namespace))
     async with client.get("/increment?name=A") as response:
         assert response.status == 200
     return namespace, client

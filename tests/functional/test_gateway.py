@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -79,6 +80,19 @@ async def test_amount_post_and_json(client: Client) -> None:
         assert response.status == 200
         assert response.content_type == "application/json"
         assert await response.json() == {"name": "A", "count": 6}
+
+
+async def test_a_post_waiting_for_100_continue_gets_it(client: Client) -> None:
+    # The client sends its form body only after the gateway's 100 Continue.
+    status = await asyncio.wait_for(
+        text(client, "/increment", "POST", data={"name": "E", "amount": "4"}, expect100=True), 10
+    )
+    assert status == (200, "Durable Object 'E' count: 4")
+    assert await text(client, "/?name=E", headers={"Expect": "something-else"}) == (
+        417,
+        "Unknown Expect: something-else",
+    )
+    assert await count_of(client, "E") == 4
 
 
 async def test_unusual_names_are_just_names(client: Client) -> None:

@@ -33,7 +33,8 @@ def test_values_survive_stopping_and_starting_everything(tmp_path: Path, placeme
         )
         assert service.stop(signal.SIGTERM) == 0
         assert service.leftovers() == [], "Ray processes outlived the service"
-    with Service(storage, "--placement", placement) as service:
+        assert "aiohttp.access" not in service.log.read_text()  # no access log by default
+    with Service(storage, "--placement", placement, "--access-log") as service:
         expected = {"A": -9, "B": 2, "../../etc": 3, "名前": 4}
         for name, count in expected.items():
             assert service.get(f"/?name={quote(name)}") == (
@@ -42,6 +43,7 @@ def test_values_survive_stopping_and_starting_everything(tmp_path: Path, placeme
             )
         assert service.stop(signal.SIGINT) == 0  # Ctrl-C
         assert service.leftovers() == []
+        assert '"GET /?name=B HTTP/1.1" 200' in service.log.read_text()
 
 
 def test_actors_show_in_the_ray_dashboard(tmp_path: Path) -> None:
