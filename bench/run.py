@@ -5,15 +5,19 @@
 
 Everything runs on this machine, on loopback, started and stopped by this script:
 
-- ceiling:  bench/reference.py bare  (aiohttp answering from a dict: no storage, no Ray)
-- redis:    bench/reference.py redis over a local redis-server (INCRBY, AOF, appendfsync always)
+- ceiling:     bench/reference.py bare  (an aiohttp Application answering from a dict: no
+  storage, no Ray; the issue's reference)
+- raw ceiling: bench/reference.py raw  (the same on aiohttp's low-level server, which the
+  gateway runs on: the ceiling of our own HTTP stack)
+- redis:       bench/reference.py redis over a local redis-server (INCRBY, AOF, appendfsync
+  always), on the low-level server too
 - counters: `counters serve` (sharded; sharded with a Ray call per batch, `--no-direct-channel`;
   then per-name), its own local Ray, a temporary storage dir
 
 HTTP load comes from wrk (2 threads, 64 connections); the Python client scenario runs in this
 process. The table gives requests/s, p50 and p99 for each, and the project's ratio to each
-reference measured in the same run. wrk and redis-server come from Debian's packages; the
-script installs them with apt-get when missing and it runs as root.
+reference measured in the same run (x ceiling, x raw, x redis). wrk and redis-server come
+from Debian's packages; the script installs them with apt-get when missing and it runs as root.
 """
 
 from __future__ import annotations
@@ -258,13 +262,15 @@ def print_table(results: list[Result]) -> None:
     print()
     print(
         f"{'scenario':<34} {'system':<18} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'x ceiling':>9} {'x redis':>8}"
+        f"{'x ceiling':>9} {'x raw':>6} {'x redis':>8}"
     )
+
+    def ratio(r: Result, system: str) -> str:
+        other = reference.get((r.scenario, system))
+        return f"{r.rps / other.rps:.2f}" if other and r.system.startswith("counters") else ""
+
     for r in results:
-        ceiling = reference.get((r.scenario, "ceiling"))
-        redis = reference.get((r.scenario, "redis"))
-        vs_ceiling = f"{r.rps / ceiling.rps:.2f}" if ceiling and r.system != "ceiling" else ""
-        vs_redis = f"{r.rps / redis.rps:.2f}" if redis and r.system.startswith("counters") else ""
+        vs_ceiling, vs_raw, vs_redis = (ratio(r, s) for s in ("ceiling", "raw ceiling", "redis"))
         if r.scenario == "python client" and r.system.startswith("counters"):
             bare = reference[("python client", "bare ray calls")]
             vs_ceiling = f"{r.rps / bare.rps:.1f}x bare"
@@ -272,7 +278,7 @@ def print_table(results: list[Result]) -> None:
         errors = f"  ({r.errors} errors)" if r.errors else ""
         print(
             f"{r.scenario:<34} {r.system:<18} {r.rps:>9,.0f} {latency} "
-            f"{vs_ceiling:>9} {vs_redis:>8}{errors}"
+            f"{vs_ceiling:>9} {vs_raw:>6} {vs_redis:>8}{errors}"
         )
 
 
@@ -294,6 +300,13 @@ def main() -> int:
             results += http_scenarios("ceiling", base, arguments, SPREAD_NAMES)
             if not arguments.quick:
                 results.append(cold_scenario("ceiling", base, arguments))
+        port = free_port()
+        raw = [sys.executable, str(HERE / "reference.py"), "raw", "--port", str(port)]
+        with process(raw, f"http://127.0.0.1:{port}/?name=x", tmp / "raw.log"):
+            base = f"http://127.0.0.1:{port}"
+            results += http_scenarios("raw ceiling", base, arguments, SPREAD_NAMES)
+            if not arguments.quick:
+                results.append(cold_scenario("raw ceiling", base, arguments))
         redis_port, port = free_port(), free_port()
         redis = [
             "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",

@@ -31,7 +31,7 @@ def test_benchmark_smoke_run_prints_its_table() -> None:
         (m.group(1).strip(), m.group(2).strip()): float(m.group(3).replace(",", ""))
         for m in re.finditer(r"^(.{34}) (.{18}) +([\d,]+)", result.stdout, re.MULTILINE)
     }
-    for system in ("ceiling", "redis", "counters sharded"):
+    for system in ("ceiling", "raw ceiling", "redis", "counters sharded"):
         assert rows[("hot increments", system)] > 0, result.stdout
     assert rows[("python client", "counters stub")] > 0
     assert "errors)" not in result.stdout
