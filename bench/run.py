@@ -1,7 +1,7 @@
 """The benchmark: `counters` next to the ceiling of its own stack and next to Redis, in one run.
 
-    ./dev bench                      # every scenario, 10 s each
-    ./dev bench --duration 3 --quick # a smoke run
+    ./dev bench                      # every scenario, 3 rounds of 5 s each; about 10 minutes
+    ./dev bench --duration 3 --quick # a smoke run: one round, sharded and Python client only
 
 Everything runs on this machine, on loopback, started and stopped by this script:
 
@@ -15,18 +15,22 @@ Everything runs on this machine, on loopback, started and stopped by this script
   then per-name), its own local Ray, a temporary storage dir
 
 HTTP load comes from wrk (2 threads, 64 connections); the Python client scenario runs in this
-process. The table gives requests/s, p50 and p99 for each, and the project's ratio to each
-reference measured in the same run (x ceiling, x raw, x redis). wrk and redis-server come
-from Debian's packages; the script installs them with apt-get when missing and it runs as root.
+process. Each round runs every scenario on every system back to back (the references stay up
+while the sharded service runs), so that all see the same drift of the machine's speed. The
+table gives the medians over the rounds of requests/s, p50 and p99, and the project's ratio to
+each reference (x ceiling, x raw, x redis). wrk and redis-server come from Debian's packages;
+the script installs them with apt-get when missing and it runs as root.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,16 +51,19 @@ request = function()
   return wrk.format("GET", "/increment?name=n" .. math.random(1, %d))
 end
 """
-# Every request names a counter never seen before: the cost of a cold start.
+# Every request names a counter never seen before (in this round too): the cost of a cold start.
 COLD_LUA = """
 local thread_id = 0
 local n = 0
 setup = function(thread) thread:set("id", thread_id); thread_id = thread_id + 1 end
 request = function()
   n = n + 1
-  return wrk.format("GET", "/increment?name=cold-" .. id .. "-" .. n)
+  return wrk.format("GET", "/increment?name=cold%d-" .. id .. "-" .. n)
 end
 """
+HOT = ("hot increments", "/increment?name=hot")
+READS = ("reads of one counter", "/?name=hot")
+COLD = "cold start (never-seen names)"
 
 
 @dataclass
@@ -146,7 +153,22 @@ def wrk(
             f"  wrk socket errors on {base}{path}{when}: {socket_errors.group(1)}",
             file=sys.stderr,
         )
+    # A socket error while warming up is a request still waiting for its actor: warm up again.
+    if warm_up and socket_errors:
+        return 0.0, p50, p99, 1
     return rps, p50, p99, int(errors.group(1)) if errors else 0
+
+
+def warm_up(
+    base: str, path: str, seconds: float, arguments: argparse.Namespace, lua: str | None = None
+) -> None:
+    """Load `path` until every request is answered in time: the actors it needs are up."""
+    for _ in range(20):
+        rps, _, _, errors = wrk(
+            base, path, seconds, arguments.threads, arguments.connections, lua, warm_up=True
+        )
+        if rps > 0 and errors == 0:
+            return
 
 
 def _latency_ms(text: str) -> float:
@@ -154,30 +176,38 @@ def _latency_ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def http_scenarios(
-    system: str, base: str, arguments: argparse.Namespace, names_for_spread: int
+def spread(names: int) -> tuple[str, str, str]:
+    return f"spread increments ({names:,} names)", "/", SPREAD_LUA % names
+
+
+def warm_up_http(base: str, arguments: argparse.Namespace, names_for_spread: int) -> None:
+    """The hot counter exists, and every host the spread names need is up."""
+    warm_up(base, HOT[1], 2, arguments)
+    warm_up(base, "/", 3, arguments, SPREAD_LUA % names_for_spread)
+
+
+def rounds(
+    systems: dict[str, str],
+    arguments: argparse.Namespace,
+    names_for_spread: int = SPREAD_NAMES,
+    cold: bool = False,
 ) -> list[Result]:
-    run = arguments.duration
-    t, c = arguments.threads, arguments.connections
+    """Every scenario on every system, back to back, `arguments.rounds` times over.
+
+    The machine's speed drifts over minutes; systems measured one right after the other, again
+    and again, see the same drift, and the medians of the rounds leave the outliers out.
+    """
+    scenarios = [(*HOT, None), spread(names_for_spread), (*READS, None)]
     results = []
-    # Warm up: the hot counter exists, and every host the spread names need is up.
-    wrk(base, "/increment?name=hot", 2, t, c, warm_up=True)
-    wrk(base, "/", 3, t, c, SPREAD_LUA % names_for_spread, warm_up=True)
-    for scenario, path, lua in [
-        ("hot increments", "/increment?name=hot", None),
-        (f"spread increments ({names_for_spread:,} names)", "/", SPREAD_LUA % names_for_spread),
-        ("reads of one counter", "/?name=hot", None),
-    ]:
-        rps, p50, p99, errors = wrk(base, path, run, t, c, lua)
-        results.append(Result(scenario, system, rps, p50, p99, errors))
+    for round_ in range(arguments.rounds):
+        round_scenarios = scenarios + ([(COLD, "/", COLD_LUA % round_)] if cold else [])
+        for scenario, path, lua in round_scenarios:
+            for system, base in systems.items():
+                rps, p50, p99, errors = wrk(
+                    base, path, arguments.duration, arguments.threads, arguments.connections, lua
+                )
+                results.append(Result(scenario, system, rps, p50, p99, errors))
     return results
-
-
-def cold_scenario(system: str, base: str, arguments: argparse.Namespace) -> Result:
-    rps, p50, p99, errors = wrk(
-        base, "/", arguments.duration, arguments.threads, arguments.connections, COLD_LUA
-    )
-    return Result("cold start (never-seen names)", system, rps, p50, p99, errors)
 
 
 def counters_serve(port: int, storage: Path, placement: str, log: Path, *flags: str) -> Any:
@@ -229,31 +259,59 @@ def python_client_scenarios(arguments: argparse.Namespace, storage: Path) -> lis
                 )
             return time.perf_counter() - started
 
-        asyncio.run(stub_run(5000))  # warm: hosts created
-        stub_seconds = asyncio.run(stub_run(total))
-        futures_seconds = asyncio.run(futures_run(total))
+        def bare_run(count: int) -> float:
+            # Bare calls are bound by the actors, not by how many wait; past 5,000 pending
+            # calls to one actor, Ray only warns about memory.
+            bare_in_flight = 4096
+            started = time.perf_counter()
+            for first in range(0, count, bare_in_flight):
+                ray.get(
+                    [
+                        handles[i % len(names)].call.remote(names[i % len(names)], "increment", 1)
+                        for i in range(first, min(first + bare_in_flight, count))
+                    ]
+                )
+            return time.perf_counter() - started
 
+        asyncio.run(stub_run(5000))  # warm: hosts created
         handles: list[Any] = [namespace.handle(namespace.host_for(n)) for n in names]
         bare_total = total // 10
-        # Bare calls are bound by the actors, not by how many wait; past 5,000 pending calls
-        # to one actor, Ray only warns about memory.
-        bare_in_flight = 4096
-        started = time.perf_counter()
-        for first in range(0, bare_total, bare_in_flight):
-            ray.get(
-                [
-                    handles[i % len(names)].call.remote(names[i % len(names)], "increment", 1)
-                    for i in range(first, min(first + bare_in_flight, bare_total))
-                ]
-            )
-        bare_seconds = time.perf_counter() - started
+        results = []
+        for _ in range(arguments.rounds):
+            results += [
+                Result(
+                    "python client", "counters stub", total / asyncio.run(stub_run(total)), 0, 0
+                ),
+                Result(
+                    "python client",
+                    "counters call()",
+                    total / asyncio.run(futures_run(total)),
+                    0,
+                    0,
+                ),
+                Result("python client", "bare ray calls", bare_total / bare_run(bare_total), 0, 0),
+            ]
         namespace.kill_hosts()
     finally:
         ray.shutdown()
+    return results
+
+
+def medians(results: list[Result]) -> list[Result]:
+    """One row per scenario and system: the median of its rounds (errors summed)."""
+    runs: dict[tuple[str, str], list[Result]] = {}
+    for result in results:
+        runs.setdefault((result.scenario, result.system), []).append(result)
     return [
-        Result("python client", "counters stub", total / stub_seconds, 0, 0),
-        Result("python client", "counters call()", total / futures_seconds, 0, 0),
-        Result("python client", "bare ray calls", bare_total / bare_seconds, 0, 0),
+        Result(
+            scenario,
+            system,
+            statistics.median(r.rps for r in group),
+            statistics.median(r.p50_ms for r in group),
+            statistics.median(r.p99_ms for r in group),
+            sum(r.errors for r in group),
+        )
+        for (scenario, system), group in runs.items()
     ]
 
 
@@ -284,29 +342,30 @@ def print_table(results: list[Result]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="runs of every scenario (3; 1 with --quick)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="skip per-name and cold start")
     arguments = parser.parse_args()
+    arguments.rounds = arguments.rounds or (1 if arguments.quick else 3)
     ensure_tools()
     results: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="counters-bench-") as tmp_name:
+    with (
+        tempfile.TemporaryDirectory(prefix="counters-bench-") as tmp_name,
+        contextlib.ExitStack() as references_up,
+    ):
         tmp = Path(tmp_name)
-        port = free_port()
-        bare = [sys.executable, str(HERE / "reference.py"), "bare", "--port", str(port)]
-        with process(bare, f"http://127.0.0.1:{port}/?name=x", tmp / "bare.log"):
-            base = f"http://127.0.0.1:{port}"
-            results += http_scenarios("ceiling", base, arguments, SPREAD_NAMES)
-            if not arguments.quick:
-                results.append(cold_scenario("ceiling", base, arguments))
-        port = free_port()
-        raw = [sys.executable, str(HERE / "reference.py"), "raw", "--port", str(port)]
-        with process(raw, f"http://127.0.0.1:{port}/?name=x", tmp / "raw.log"):
-            base = f"http://127.0.0.1:{port}"
-            results += http_scenarios("raw ceiling", base, arguments, SPREAD_NAMES)
-            if not arguments.quick:
-                results.append(cold_scenario("raw ceiling", base, arguments))
+        # The references stay up (idle) while the project runs, to be measured in the same rounds.
+        references: dict[str, str] = {}
+        for kind, system in (("bare", "ceiling"), ("raw", "raw ceiling")):
+            port = free_port()
+            ceiling = [sys.executable, str(HERE / "reference.py"), kind, "--port", str(port)]
+            ready = f"http://127.0.0.1:{port}/?name=x"
+            references_up.enter_context(process(ceiling, ready, tmp / f"{kind}.log"))
+            references[system] = f"http://127.0.0.1:{port}"
         redis_port, port = free_port(), free_port()
         redis = [
             "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
@@ -317,40 +376,40 @@ def main() -> int:
             sys.executable, str(HERE / "reference.py"), "redis",
             "--port", str(port), "--redis-port", str(redis_port),
         ]  # fmt: skip
-        with (
-            process(redis, None, tmp / "redis.log"),
-            process(server, f"http://127.0.0.1:{port}/?name=x", tmp / "redis-app.log"),
-        ):
-            base = f"http://127.0.0.1:{port}"
-            results += http_scenarios("redis", base, arguments, SPREAD_NAMES)
-            if not arguments.quick:
-                results.append(cold_scenario("redis", base, arguments))
+        references_up.enter_context(process(redis, None, tmp / "redis.log"))
+        ready = f"http://127.0.0.1:{port}/?name=x"
+        references_up.enter_context(process(server, ready, tmp / "redis-app.log"))
+        references["redis"] = f"http://127.0.0.1:{port}"
+        for base in references.values():
+            warm_up_http(base, arguments, SPREAD_NAMES)
         port = free_port()
         with counters_serve(port, tmp / "sharded", "sharded", tmp / "sharded.log"):
             base = f"http://127.0.0.1:{port}"
-            results += http_scenarios("counters sharded", base, arguments, SPREAD_NAMES)
-            if not arguments.quick:
-                results.append(cold_scenario("counters sharded", base, arguments))
+            warm_up_http(base, arguments, SPREAD_NAMES)
+            systems = {**references, "counters sharded": base}
+            results += rounds(systems, arguments, cold=not arguments.quick)
+        references_up.close()
         if not arguments.quick:
             # The same with a Ray call per batch instead of the direct channel: what it saves.
             port = free_port()
             no_channel = ("--no-direct-channel",)
             with counters_serve(port, tmp / "ray", "sharded", tmp / "ray.log", *no_channel):
                 base = f"http://127.0.0.1:{port}"
-                results += http_scenarios("counters ray calls", base, arguments, SPREAD_NAMES)
+                warm_up_http(base, arguments, SPREAD_NAMES)
+                results += rounds({"counters ray calls": base}, arguments)
             port = free_port()
             with counters_serve(port, tmp / "per-name", "per-name", tmp / "per-name.log"):
                 base = f"http://127.0.0.1:{port}"
-                lua = SPREAD_LUA % PER_NAME_NAMES
-                # Create the actors first.
-                wrk(base, "/", 10, arguments.threads, arguments.connections, lua, warm_up=True)
-                results += http_scenarios("counters per-name", base, arguments, PER_NAME_NAMES)
+                warm_up(base, "/", 10, arguments, SPREAD_LUA % PER_NAME_NAMES)  # the actors
+                warm_up_http(base, arguments, PER_NAME_NAMES)
+                results += rounds({"counters per-name": base}, arguments, PER_NAME_NAMES)
         results += python_client_scenarios(arguments, tmp / "python")
-    results.sort(key=lambda r: r.scenario)
-    print_table(results)
+    summary = medians(results)
+    summary.sort(key=lambda r: r.scenario)
+    print_table(summary)
     print(
-        f"\nwrk -t{arguments.threads} -c{arguments.connections} -d{arguments.duration:g}s "
-        f"on loopback; {os.cpu_count()} cores"
+        f"\nmedians of {arguments.rounds} round(s); wrk -t{arguments.threads} "
+        f"-c{arguments.connections} -d{arguments.duration:g}s on loopback; {os.cpu_count()} cores"
     )
     return 0
 
