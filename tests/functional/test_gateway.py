@@ -84,10 +84,10 @@ async def test_amount_post_and_json(client: Client) -> None:
 
 async def test_a_post_waiting_for_100_continue_gets_it(client: Client) -> None:
     # The client sends its form body only after the gateway's 100 Continue.
-    status = await asyncio.wait_for(
+    answer = await asyncio.wait_for(
         text(client, "/increment", "POST", data={"name": "E", "amount": "4"}, expect100=True), 10
     )
-    assert status == (200, "Durable Object 'E' count: 4")
+    assert answer == (200, "Durable Object 'E' count: 4")
     assert await text(client, "/?name=E", headers={"Expect": "something-else"}) == (
         417,
         "Unknown Expect: something-else",
