@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 HERE = Path(__file__).parent
 SPREAD_NAMES = 10_000
@@ -64,6 +64,16 @@ end
 HOT = ("hot increments", "/increment?name=hot")
 READS = ("reads of one counter", "/?name=hot")
 COLD = "cold start (never-seen names)"
+
+
+class Run(NamedTuple):
+    """One wrk run: requests/s, p50 and p99 in ms, non-2xx answers, any socket error."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    socket_errors: bool
 
 
 @dataclass
@@ -131,7 +141,7 @@ def wrk(
     connections: int,
     lua: str | None = None,
     warm_up: bool = False,
-) -> tuple[float, float, float, int]:
+) -> Run:
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         if lua:
@@ -153,10 +163,7 @@ def wrk(
             f"  wrk socket errors on {base}{path}{when}: {socket_errors.group(1)}",
             file=sys.stderr,
         )
-    # A socket error while warming up is a request still waiting for its actor: warm up again.
-    if warm_up and socket_errors:
-        return 0.0, p50, p99, 1
-    return rps, p50, p99, int(errors.group(1)) if errors else 0
+    return Run(rps, p50, p99, int(errors.group(1)) if errors else 0, socket_errors is not None)
 
 
 def warm_up(
@@ -164,10 +171,9 @@ def warm_up(
 ) -> None:
     """Load `path` until every request is answered in time: the actors it needs are up."""
     for _ in range(20):
-        rps, _, _, errors = wrk(
-            base, path, seconds, arguments.threads, arguments.connections, lua, warm_up=True
-        )
-        if rps > 0 and errors == 0:
+        run = wrk(base, path, seconds, arguments.threads, arguments.connections, lua, warm_up=True)
+        # A socket error here is a request that waited too long for its actor to start.
+        if run.errors == 0 and not run.socket_errors:
             return
 
 
@@ -206,10 +212,8 @@ def rounds(
     results = []
     for scenario, path, lua in plan:
         for system, base in systems.items():
-            rps, p50, p99, errors = wrk(
-                base, path, arguments.duration, arguments.threads, arguments.connections, lua
-            )
-            results.append(Result(scenario, system, rps, p50, p99, errors))
+            run = wrk(base, path, arguments.duration, arguments.threads, arguments.connections, lua)
+            results.append(Result(scenario, system, run.rps, run.p50_ms, run.p99_ms, run.errors))
     return results
 
 
