@@ -79,8 +79,9 @@ class Gateway:
         """Answer one request: its route's answer, or our errors as responses."""
         handler = self._routes.get(request.path, _not_found)
         try:
-            if request.headers.get("Expect") is not None:
-                await _expect(request)
+            expect = request.headers.get("Expect")
+            if expect is not None:
+                await _expect(request, expect)
             return await handler(request)
         except CountersError as error:
             headers = {"Retry-After": "1"} if error.http_status in (503, 507) else {}
@@ -140,9 +141,8 @@ class Gateway:
         return change
 
 
-async def _expect(request: web.BaseRequest) -> None:
+async def _expect(request: web.BaseRequest, expect: str) -> None:
     """Let a client that waits for it send its body, as aiohttp's router would."""
-    expect = request.headers["Expect"]
     if request.version != HttpVersion11:
         return
     if expect.lower() != "100-continue":
