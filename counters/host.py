@@ -30,6 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -104,14 +105,24 @@ class ObjectHost:
         except CountersError as error:
             return tuple(Outcome(error=error) for _ in operations)
         touched: dict[str, _Active] = {}
-        outcomes = tuple(self._run(operation, store, touched, now) for operation in operations)
+        try:
+            evicted = self._look_up_evicted(operations, store)
+        except StorageFailed as error:
+            return tuple(Outcome(error=error) for _ in operations)
+        outcomes = tuple(
+            self._run(operation, store, touched, evicted, now) for operation in operations
+        )
         if not any(a.storage.has_staged() or a.applied.staged() for a in touched.values()):
             return outcomes  # a batch of reads needs no commit
-        forgotten = {
-            name: active.applied.expired(now, self.config.retention)
-            for name, active in touched.items()
-        }
+        retention = self.config.retention
+        expired = {name: active.applied.expired(now, retention) for name, active in touched.items()}
         try:
+            trimmed = [
+                (name, op_id)
+                for name, active in touched.items()
+                if active.applied.trim_due(now, retention)
+                for op_id in self._trim(name, active.applied, store, now)
+            ]
             store.write(
                 changes=(
                     (name, key, text)
@@ -123,7 +134,10 @@ class ObjectHost:
                     for name, active in touched.items()
                     for op_id, applied in active.applied.staged()
                 ),
-                forgotten=((name, op_id) for name, ids in forgotten.items() for op_id in ids),
+                forgotten=chain(
+                    ((name, op_id) for name, (ids, _) in expired.items() for op_id in ids),
+                    trimmed,
+                ),
             )
         except StorageFailed as error:
             for name in touched:
@@ -132,7 +146,7 @@ class ObjectHost:
             return tuple(Outcome(error=error) for _ in operations)
         for name, active in touched.items():
             active.storage.commit()
-            active.applied.commit(forgotten[name])
+            active.applied.commit(*expired[name])
         if len(self._objects) > self.config.max_objects:
             self.sweep()
         return outcomes
@@ -180,8 +194,29 @@ class ObjectHost:
         # Ray's dashboard shows an actor's repr next to it.
         return f"{type(self).__name__}({self.host_name})"
 
+    def _look_up_evicted(
+        self, operations: Sequence[Operation], store: SqliteStore
+    ) -> dict[str, dict[str, AppliedOp]]:
+        """For objects whose ids are partly on disk only: which of the batch's ids they applied.
+
+        One query per such object and batch, rather than one per operation.
+        """
+        wanted: dict[str, list[str]] = {}
+        for name, _, _, op_id in operations:
+            if op_id is None or type(name) is not str:
+                continue
+            active = self._objects.get(name)
+            if active is not None and active.applied.partial and active.applied.find(op_id) is None:
+                wanted.setdefault(name, []).append(op_id)
+        return {name: store.find_applied(name, ids) for name, ids in wanted.items()}
+
     def _run(
-        self, operation: Operation, store: SqliteStore, touched: dict[str, _Active], now: float
+        self,
+        operation: Operation,
+        store: SqliteStore,
+        touched: dict[str, _Active],
+        evicted: dict[str, dict[str, AppliedOp]],
+        now: float,
     ) -> Outcome:
         # Unpacked, not read by field: the direct channel sends operations as plain tuples.
         name, method_name, args, op_id = operation
@@ -200,6 +235,15 @@ class ObjectHost:
         if op_id is not None:
             request = _request(method_name, args)
             seen = active.applied.find(op_id)
+            if seen is None and active.applied.partial:
+                # Evicted from memory, not forgotten: looked up for the whole batch, or, for an
+                # object this batch brought into memory, now.
+                looked_up = evicted.get(name)
+                try:
+                    found = store.find_applied(name, [op_id]) if looked_up is None else looked_up
+                except StorageFailed as error:
+                    return Outcome(error=error)
+                seen = found.get(op_id)
             if seen is not None:
                 if seen.request != request:
                     return Outcome(
@@ -228,11 +272,20 @@ class ObjectHost:
         return Outcome(value=value)
 
     def _activate(self, name: str, store: SqliteStore, now: float) -> _Active:
-        state, applied = store.load(name)
+        state, applied = store.load(name, self.config.retention.max_per_object)
         storage = ObjectStorage(state)
-        active = _Active(self.object_class(storage), storage, AppliedLog(applied), now)
+        # More ids than memory holds: none are loaded, and misses are looked up on disk.
+        log = AppliedLog(applied or (), partial=applied is None)
+        active = _Active(self.object_class(storage), storage, log, now)
         self._objects[name] = active
         return active
+
+    def _trim(self, name: str, log: AppliedLog, store: SqliteStore, now: float) -> list[str]:
+        """One slice of a partial log's ids on disk to forget: see `applied_log.py`."""
+        # Read faster than the object adds ids, so each pass ends.
+        limit = 4 * len(log.staged()) + 16
+        rows = store.applied_after(name, log.trim_cursor(), limit)
+        return log.trim(rows, limit, now, self.config.retention)
 
     def _method(self, instance: Any, name: str, args: tuple[Any, ...]) -> Callable[..., Any]:
         arity = self._arities.get(name)

@@ -17,7 +17,7 @@ The contract, which every caller relies on:
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,9 @@ _UPSERT = (
 _DELETE = "DELETE FROM kv WHERE object = ? AND key = ?"
 _RECORD = "INSERT INTO applied (object, op_id, at, request, result) VALUES (?, ?, ?, ?, ?)"
 _FORGET = "DELETE FROM applied WHERE object = ? AND op_id = ?"
+_FIND = "SELECT op_id, at, request, result FROM applied WHERE object = ? AND op_id IN"
+_IDS_PER_QUERY = 500  # well under SQLite's limit on bound parameters
+_SLICE = "SELECT op_id, at FROM applied WHERE object = ? AND op_id > ? ORDER BY op_id LIMIT ?"
 
 Change = tuple[str, str, Any]  # (object, key, JSON text or DELETED)
 Applied = tuple[str, str, AppliedOp]  # (object, op_id, what it did)
@@ -95,18 +98,50 @@ class SqliteStore:
         row = self._db.execute("SELECT max(version) FROM schema_version").fetchone()
         return int(row[0] or 0)
 
-    def load(self, object_name: str) -> tuple[dict[str, str], list[tuple[str, AppliedOp]]]:
-        """One object's committed keys (as JSON text) and the operation ids it applied."""
+    def load(
+        self, object_name: str, max_applied: int
+    ) -> tuple[dict[str, str], list[tuple[str, AppliedOp]] | None]:
+        """One object's committed keys (as JSON text) and the operation ids it applied.
+
+        The ids are None when there are more than `max_applied`: reading them all could take
+        seconds for a hot object, and the caller looks them up one by one instead.
+        """
         try:
             rows = self._db.execute(
                 "SELECT key, value FROM kv WHERE object = ?", (object_name,)
             ).fetchall()
             applied = self._db.execute(
-                "SELECT op_id, at, request, result FROM applied WHERE object = ?", (object_name,)
+                "SELECT op_id, at, request, result FROM applied WHERE object = ? LIMIT ?",
+                (object_name, max_applied + 1),
             ).fetchall()
         except sqlite3.Error as error:
             raise StorageFailed(f"cannot read storage {self.path}: {error}") from None
+        if len(applied) > max_applied:
+            return dict(rows), None
         return dict(rows), [(op_id, AppliedOp(*rest)) for op_id, *rest in applied]
+
+    def find_applied(self, object_name: str, op_ids: Sequence[str]) -> dict[str, AppliedOp]:
+        """The records of those of `op_ids` the object applied and still remembers."""
+        found: dict[str, AppliedOp] = {}
+        try:
+            for first in range(0, len(op_ids), _IDS_PER_QUERY):
+                some = op_ids[first : first + _IDS_PER_QUERY]
+                marks = ", ".join("?" * len(some))
+                for op_id, *rest in self._db.execute(f"{_FIND} ({marks})", (object_name, *some)):
+                    found[op_id] = AppliedOp(*rest)
+        except sqlite3.Error as error:
+            raise StorageFailed(f"cannot read storage {self.path}: {error}") from None
+        return found
+
+    def applied_after(self, object_name: str, after: str, limit: int) -> list[tuple[str, float]]:
+        """Up to `limit` of an object's operation ids after `after`, in key order, with ages."""
+        try:
+            rows: list[tuple[str, float]] = self._db.execute(
+                _SLICE, (object_name, after, limit)
+            ).fetchall()
+        except sqlite3.Error as error:
+            raise StorageFailed(f"cannot read storage {self.path}: {error}") from None
+        return rows
 
     def write(
         self,

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from counters.applied_log import Retention
 from counters.counter import Counter
@@ -190,22 +193,90 @@ def test_a_failed_operation_does_not_use_up_its_id(tmp_path: Path) -> None:
     assert host.call("A", "increment", 1, op_id="k") == INT64_MAX
 
 
+def applied_on_disk(storage_dir: Path, host: str = "h") -> set[str]:
+    with sqlite3.connect(StorageDir(storage_dir).host_path(host)) as db:
+        return {op_id for (op_id,) in db.execute("SELECT op_id FROM applied")}
+
+
 def test_ids_expire_after_the_window_and_beyond_the_bound(tmp_path: Path) -> None:
     clock = Clock()
     retention = Retention(window=3600, max_per_object=3, floor=10)
     host = ObjectHost(Counter, "h", str(tmp_path), LAYOUT, HostConfig(retention=retention), clock)
     for i in range(5):
         host.call("A", "increment", 1, op_id=f"k{i}")  # all within the floor: all kept
-    assert len(host._objects["A"].applied) == 5
+    log = host._objects["A"].applied
+    assert len(log) == 3
+    assert log.partial
+    assert applied_on_disk(tmp_path) == {f"k{i}" for i in range(5)}
+    assert host.call("A", "increment", 1, op_id="k0") == 1  # looked up on disk: no effect
+    with pytest.raises(IdempotencyKeyReused):
+        host.call("A", "decrement", 1, op_id="k0")
     clock.now += 11
     host.call("A", "increment", 1, op_id="k5")
-    assert len(host._objects["A"].applied) == 3  # past the floor, the bound holds again
+    # Past the floor, the bound holds again, on disk too, and memory knows every id again.
+    assert applied_on_disk(tmp_path) == {"k3", "k4", "k5"}
+    assert len(log) == 3
+    assert not log.partial
     assert host.call("A", "increment", 1, op_id="k5") == 6
     assert host.call("A", "increment", 1, op_id="k0") == 7  # forgotten: applied anew
     clock.now += 3601
     assert host.forget_expired_ids() >= 3
-    with sqlite3.connect(StorageDir(tmp_path).host_path("h")) as db:
-        assert db.execute("SELECT count(*) FROM applied").fetchone() == (0,)
+    assert applied_on_disk(tmp_path) == set()
+
+
+def test_an_evicted_id_stays_on_disk_for_the_floor(tmp_path: Path) -> None:
+    clock = Clock()
+    retention = Retention(window=3600, max_per_object=3, floor=10)
+    host = ObjectHost(Counter, "h", str(tmp_path), LAYOUT, HostConfig(retention=retention), clock)
+    host.apply([Operation("A", "increment", (1,), f"old-{i}") for i in range(5)])
+    clock.now += 6
+    host.apply([Operation("A", "increment", (1,), f"new-{i}") for i in range(5)])
+    clock.now += 6  # the old ids are past the floor, the new ones evicted 6 s ago are not
+    host.call("A", "increment", 1, op_id="last")
+    assert applied_on_disk(tmp_path) == {f"new-{i}" for i in range(5)} | {"last"}
+    assert [host.call("A", "increment", 1, op_id=f"new-{i}") for i in range(5)] == [6, 7, 8, 9, 10]
+    assert host.call("A", "get_counter_value") == 11
+
+
+def test_a_hot_object_keeps_the_bound_in_memory_and_every_id_on_disk(tmp_path: Path) -> None:
+    clock = Clock()
+    retention = Retention(window=3600, max_per_object=50, floor=100)
+    config = HostConfig(retention=retention, idle_timeout=5)
+    host = ObjectHost(Counter, "h", str(tmp_path), LAYOUT, config, clock)
+    for first in range(0, 1000, 20):
+        batch = [Operation("hot", "increment", (1,), f"id-{i}") for i in range(first, first + 20)]
+        assert values(host.apply(batch)) == list(range(first + 1, first + 21))
+        assert len(host._objects["hot"].applied) <= 50
+        clock.now += 0.01
+    # Every id is still known: retried, each gets its first answer and changes nothing.
+    retried = host.apply([Operation("hot", "increment", (1,), f"id-{i}") for i in range(1000)])
+    assert values(retried) == list(range(1, 1001))
+    # Back from disk (passivated, then called), the object loads no ids, and still knows them.
+    clock.now += 6
+    assert host.sweep() == 1
+    assert host.call("hot", "increment", 1, op_id="id-3") == 4
+    log = host._objects["hot"].applied
+    assert len(log) == 0
+    assert log.partial
+    assert host.call("hot", "get_counter_value") == 1000
+    # Past the floor, new ids fill memory and the old ones on disk go, a slice per batch; the
+    # new ones beyond the bound stay on disk for the floor.
+    clock.now += 101
+    for first in range(1000, 1400, 20):
+        batch = [Operation("hot", "increment", (1,), f"id-{i}") for i in range(first, first + 20)]
+        host.apply(batch)
+        clock.now += 0.01
+    assert applied_on_disk(tmp_path) == {f"id-{i}" for i in range(1000, 1400)}
+    assert host.call("hot", "increment", 1, op_id="id-1000") == 1001
+    assert len(log) == 50
+    assert log.partial
+    clock.now += 101
+    for i in range(1400, 1440):  # single calls: each reads a short slice
+        host.call("hot", "increment", 1, op_id=f"id-{i}")
+    assert applied_on_disk(tmp_path) == {f"id-{i}" for i in range(1390, 1440)}
+    assert len(log) == 50
+    assert not log.partial
+    assert host.call("hot", "get_counter_value") == 1440
 
 
 def test_idle_objects_are_passivated_and_reload(tmp_path: Path) -> None:
@@ -237,3 +308,57 @@ def test_malformed_operations_from_bare_ray_fail_alone(tmp_path: Path) -> None:
         ]
     )
     assert values(outcomes) == [InvalidName, UnknownMethod, 2]
+
+
+Step = tuple[str, int]
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["new", "retry", "wait", "passivate"]), st.integers(0, 30)),
+        max_size=60,
+    )
+)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_an_id_is_never_applied_twice_while_it_must_be_remembered(steps: list[Step]) -> None:
+    """Against a model: every retry of an id the retention promises is answered, not applied."""
+    retention = Retention(window=100, max_per_object=4, floor=10)
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = HostConfig(retention=retention, idle_timeout=1)
+        host = ObjectHost(Counter, "h", tmp, LAYOUT, config, clock)
+        applied: dict[str, tuple[str, float, int]] = {}  # id -> (object, at, first answer)
+        counts = {"A": 0, "B": 0}
+        for kind, n in steps:
+            if kind == "new":
+                batch = [(f"id-{len(applied) + i}", "AB"[(n + i) % 2]) for i in range(n % 7 + 1)]
+                outcomes = host.apply([Operation(o, "increment", (1,), i) for i, o in batch])
+                for (op_id, name), outcome in zip(batch, outcomes, strict=True):
+                    counts[name] += 1
+                    assert outcome.value == counts[name]
+                    applied[op_id] = (name, clock.now, outcome.value)
+            elif kind == "retry" and applied:
+                remembered = [i for i in applied if _must_remember(i, applied, clock(), retention)]
+                for op_id in remembered:
+                    name, _, first = applied[op_id]
+                    assert host.call(name, "increment", 1, op_id=op_id) == first
+            elif kind == "wait":
+                clock.now += n / 2
+            elif kind == "passivate":
+                clock.now += 1.5
+                host.sweep()
+            for active in host._objects.values():
+                assert len(active.applied) <= retention.max_per_object
+        for name, count in counts.items():
+            assert host.call(name, "get_counter_value") == count
+
+
+def _must_remember(
+    op_id: str, applied: dict[str, tuple[str, float, int]], now: float, retention: Retention
+) -> bool:
+    name, at, _ = applied[op_id]
+    if now - at <= retention.floor:
+        return True
+    # Among the newest `max_per_object` of its object, counting ids of the same age as newer.
+    newer = sum(1 for other, other_at, _ in applied.values() if other == name and other_at >= at)
+    return newer <= retention.max_per_object and now - at <= retention.window

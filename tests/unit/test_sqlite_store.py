@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from counters.applied_log import AppliedOp
 from counters.errors import StorageFailed, StorageFull
 from counters.object_storage import DELETED
 from counters.sqlite_store import MIGRATIONS, SqliteStore
@@ -29,8 +30,8 @@ def test_write_is_committed_and_survives_reopening(tmp_path: Path) -> None:
             "Counter.shard-0-of-1",
         )
     reopened = SqliteStore(path, "Counter.shard-0-of-1")
-    assert reopened.load("A") == ({"value": "3"}, [])
-    assert reopened.load("nobody") == ({}, [])
+    assert reopened.load("A", 10) == ({"value": "3"}, [])
+    assert reopened.load("nobody", 10) == ({}, [])
     assert reopened.schema_version() == MIGRATIONS[-1][0]
 
 
@@ -42,12 +43,12 @@ def test_full_disk_stores_nothing_and_recovers(tmp_path: Path) -> None:
     big = [(f"name-{i}", "value", str(i)) for i in range(5000)] + [("A", "value", "2")]
     with pytest.raises(StorageFull, match="nothing of it was stored"):
         store.write(big)
-    assert store.load("A")[0] == {"value": "1"}
-    assert store.load("name-0")[0] == {}
+    assert store.load("A", 10)[0] == {"value": "1"}
+    assert store.load("name-0", 10)[0] == {}
     store._db.execute("PRAGMA max_page_count=1073741823")
     store.write(big)
-    assert store.load("A")[0] == {"value": "2"}
-    assert store.load("name-4999")[0] == {"value": "4999"}
+    assert store.load("A", 10)[0] == {"value": "2"}
+    assert store.load("name-4999", 10)[0] == {"value": "4999"}
 
 
 def test_unopenable_path_is_a_storage_error(tmp_path: Path) -> None:
@@ -74,7 +75,7 @@ def test_a_read_only_disk_fails_to_open_then_recovers(tiny_disk: Path) -> None:
             SqliteStore(path, "h")
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(tiny_disk)], check=True)
-    assert SqliteStore(path, "h").load("A")[0] == {"value": "1"}
+    assert SqliteStore(path, "h").load("A", 10)[0] == {"value": "1"}
 
 
 CRASHED_WRITER = """
@@ -84,3 +85,22 @@ from counters.sqlite_store import SqliteStore
 SqliteStore(Path(sys.argv[1]), "h").write([("A", "value", "1")])
 os._exit(0)
 """
+
+
+def test_ids_are_read_whole_only_up_to_a_bound_and_else_by_key(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "h.sqlite3", "h")
+    done = [("A", f"id-{i}", AppliedOp(float(i), "increment(1)", str(i))) for i in range(5)]
+    store.write([("A", "value", "5")], applied=done)
+    assert store.load("A", 5) == ({"value": "5"}, [(op_id, a) for _, op_id, a in done])
+    assert store.load("A", 4) == ({"value": "5"}, None)  # too many: none read
+    assert store.find_applied("A", ["id-3", "id-9", "id-0"]) == {
+        "id-3": AppliedOp(3.0, "increment(1)", "3"),
+        "id-0": AppliedOp(0.0, "increment(1)", "0"),
+    }
+    assert store.find_applied("B", ["id-3"]) == {}
+    many = [f"id-{i}" for i in range(-1000, 2)]  # more than one query's worth
+    assert sorted(store.find_applied("A", many)) == ["id-0", "id-1"]
+    # Slices in key order, after a given key.
+    assert store.applied_after("A", "", 2) == [("id-0", 0.0), ("id-1", 1.0)]
+    assert store.applied_after("A", "id-1", 10) == [("id-2", 2.0), ("id-3", 3.0), ("id-4", 4.0)]
+    assert store.applied_after("B", "", 10) == []
