@@ -1,0 +1,91 @@
+"""A hot counter's operation ids: the host's memory, its CPU per increment, and reactivation.
+
+    .venv/bin/python bench/hot_ids.py [--increments 600000] [--rate 15000] [--floor 20]
+
+Drives one `ObjectHost` (no Ray, a real SQLite file) with batches of 20 increments of one counter,
+each with its own id, as the gateway sends them. Time is simulated at `--rate` increments per
+second, so the retry floor (`--floor` seconds) is reached without waiting for it. Prints, per
+phase, the CPU per increment and the process's resident memory, the ids on disk, then how long
+the counter takes to come back after it left memory, and checks that an id from within the
+floor, retried then, is answered with its first result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sqlite3
+import tempfile
+import time
+
+from counters.applied_log import Retention
+from counters.counter import Counter
+from counters.host import HostConfig, ObjectHost
+from counters.operations import Operation
+from counters.placement import Layout, Placement
+
+BATCH = 20
+
+
+class SimulatedClock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--increments", type=int, default=600_000)
+    parser.add_argument("--rate", type=float, default=15_000.0, help="simulated increments/s")
+    parser.add_argument("--floor", type=float, default=20.0, help="retry floor, seconds")
+    parser.add_argument("--max-ids", type=int, default=10_000, help="ids per object")
+    arguments = parser.parse_args()
+    clock = SimulatedClock()
+    retention = Retention(max_per_object=arguments.max_ids, floor=arguments.floor)
+    config = HostConfig(retention=retention, idle_timeout=1.0)
+    with tempfile.TemporaryDirectory(prefix="counters-hot-ids-") as tmp:
+        layout = Layout("Counter", Placement.SHARDED, 1)
+        host = ObjectHost(Counter, "Counter.shard-0-of-1", tmp, layout, config, clock)
+        step = BATCH / arguments.rate
+        phases = 4
+        per_phase = arguments.increments // phases // BATCH
+        sent = 0
+        print(f"{'increments':>10} {'CPU µs/incr':>12} {'RSS MiB':>8}")
+        for _ in range(phases):
+            started = time.process_time()
+            for _ in range(per_phase):
+                host.apply(
+                    [Operation("hot", "increment", (1,), f"id-{sent + i}") for i in range(BATCH)]
+                )
+                sent += BATCH
+                clock.now += step
+            cpu = (time.process_time() - started) / (per_phase * BATCH) * 1e6
+            print(f"{sent:>10,} {cpu:>12.1f} {rss_mib():>8.0f}")
+        path = host._storage_dir.host_path(host.host_name)
+        with sqlite3.connect(path) as db:
+            on_disk = db.execute("SELECT count(*) FROM applied").fetchone()[0]
+        clock.now += 1.1  # idle past the timeout: the sweep passivates the counter
+        host.sweep()
+        started = time.perf_counter()
+        value = host.call("hot", "get_counter_value")
+        back = time.perf_counter() - started
+        # An id from half the floor ago, beyond the newest --max-ids: a client may still retry it.
+        old = sent - int(arguments.rate * arguments.floor / 2)
+        retried = host.call("hot", "increment", 1, op_id=f"id-{old}")
+        print(
+            f"ids on disk: {on_disk:,} (floor {arguments.floor:g} s at {arguments.rate:,.0f}/s); "
+            f"back in memory after {back * 1e3:.1f} ms with count {value:,}; "
+            f"id-{old:,} retried: {'answered once' if retried == old + 1 else 'APPLIED AGAIN'}"
+        )
+
+
+if __name__ == "__main__":
+    main()
