@@ -35,3 +35,14 @@ def test_benchmark_smoke_run_prints_its_table() -> None:
         assert rows[("hot increments", system)] > 0, result.stdout
     assert rows[("python client", "counters stub")] > 0
     assert "errors)" not in result.stdout
+
+
+def test_hot_ids_bench_runs_and_answers_a_retry_once() -> None:
+    hot_ids = BENCH.parent / "hot_ids.py"
+    arguments = ["--increments", "8000", "--rate", "1000", "--floor", "2", "--max-ids", "100"]
+    result = subprocess.run(
+        [sys.executable, str(hot_ids), *arguments], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "retried: answered once" in result.stdout, result.stdout
+    assert re.search(r"^ +8,000 +[\d.]+ +\d+$", result.stdout, re.MULTILINE), result.stdout
