@@ -10,26 +10,33 @@ How long an id is remembered: at least ``floor`` seconds (longer than any client
 until it is older than ``window`` or the object has more than ``max_per_object`` ids, oldest
 first.
 
-Theory of operation: memory holds at most the ``max_per_object`` newest ids of an object. A hot
-object can have many more within the floor (15,000 increments/s for 120 s are 1.8 million); those
-stay on disk only, *evicted* from memory, and the log is then *partial*:
+Theory of operation. The disk holds every id remembered; memory holds at most the
+``in_memory`` newest ids of an object, which for most objects is all of them. Beyond that (a
+counter taking increments all day; a hot one has 1.8 million within the floor at 15,000/s) the
+older ids are *evicted* from memory, not forgotten, and the log is *partial*:
 
 - `find` answers from memory; on a miss in a partial log the host looks the id up on disk.
-- Evicted ids are forgotten on disk once the floor has passed, by `trim`: the host reads the
-  object's ids on disk in key order, a slice per batch, and `trim` picks the ones to delete. A
-  slice is read only while an evicted id may be due (`trim_due`), so a cold object pays nothing.
-- When a whole pass over the object's ids on disk finds none but those in memory, and none was
-  evicted meanwhile, the log is complete again.
-- An object whose ids on disk outnumber ``max_per_object`` is loaded with none in memory and
-  partial: which of them are the newest is not known without reading them all.
+- The ids to forget on disk are found by `trim`: the host reads the object's ids on disk in key
+  order, a slice per batch, and `trim` picks those past the floor and beyond the newest
+  ``max_per_object`` (or past the window). Which ids are beyond the newest ``max_per_object`` is
+  told by their age alone: `_Ages` counts the ids recorded, oldest first, in a few dozen chunks.
+  A pass starts only once a quarter of ``max_per_object`` may be due (or an id evicted within the
+  floor has passed it), and then reads on to the end: a few rows read per id forgotten, and none
+  for an object with nothing to forget.
+- When a pass finds no id on disk but those in memory, and none was evicted meanwhile, the log
+  is complete again.
+- An object with more ids on disk than ``in_memory`` comes back into memory with none of them
+  read, partial, and counts only the ids it records from then on: until those reach the bound,
+  it forgets on disk only what is past the window (which the host's periodic sweep does).
 
-Memory thus holds no more than ``max_per_object`` ids per object, and bringing an object back
-into memory reads at most that many.
+So a host's memory for ids is bounded by ``in_memory`` per object in memory, however busy they
+are, and bringing an object back into memory reads at most ``in_memory`` ids.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain
@@ -42,6 +49,11 @@ class Retention:
     window: float = 24 * 3600.0
     max_per_object: int = 10_000
     floor: float = 120.0
+    in_memory: int = 100  # of an object's ids, the newest this many are also held in memory
+
+    @property
+    def memory_bound(self) -> int:
+        return min(self.in_memory, self.max_per_object)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +64,30 @@ class AppliedOp:
 
 
 class AppliedLog:
-    __slots__ = ("_committed", "_cursor", "_disk_oldest", "_pass_oldest", "_staged", "partial")
+    __slots__ = (
+        "_ages",
+        "_committed",
+        "_cursor",
+        "_disk_oldest",
+        "_pass_oldest",
+        "_retention",
+        "_staged",
+        "partial",
+    )
 
-    def __init__(self, rows: Iterable[tuple[str, AppliedOp]] = (), partial: bool = False) -> None:
+    def __init__(
+        self,
+        retention: Retention,
+        rows: Iterable[tuple[str, AppliedOp]] = (),
+        partial: bool = False,
+    ) -> None:
+        self._retention = retention
         # Plain dicts keep insertion order, oldest first; a host holds many of these.
         self._committed: dict[str, AppliedOp] = dict(sorted(rows, key=lambda row: row[1].at))
         self._staged: dict[str, AppliedOp] = {}
+        self._ages = _Ages(retention.max_per_object)
+        for applied in self._committed.values():
+            self._ages.add(applied.at, 1)
         self.partial = partial  # True: the disk may hold ids that memory does not
         # The oldest id on disk that memory does not hold, as far as known: -inf until a pass
         # has read them all, inf when there is none.
@@ -78,18 +108,19 @@ class AppliedLog:
     def staged(self) -> list[tuple[str, AppliedOp]]:
         return list(self._staged.items())
 
-    def expired(self, now: float, retention: Retention) -> tuple[list[str], list[str]]:
+    def expired(self, now: float) -> tuple[list[str], list[str]]:
         """Once the staged ids are committed: the ids to forget, and those to evict.
 
-        Forgotten ids leave memory and the disk; evicted ids (over the bound, but within the
-        floor) leave memory only.
+        Forgotten ids (past the window) leave memory and the disk; evicted ids (over the memory
+        bound) leave memory only. Memory holds the newest ids, never more than the retention
+        bound, so no id in memory is ever beyond it.
         """
-        over = len(self._committed) + len(self._staged) - retention.max_per_object
+        retention = self._retention
+        over = len(self._committed) + len(self._staged) - retention.memory_bound
         forget: list[str] = []
         evict: list[str] = []
         for op_id, applied in chain(self._committed.items(), self._staged.items()):
-            age = now - applied.at
-            if age > retention.window or (over > 0 and age > retention.floor):
+            if now - applied.at > retention.window:
                 forget.append(op_id)
             elif over > 0:
                 evict.append(op_id)
@@ -99,6 +130,9 @@ class AppliedLog:
         return forget, evict
 
     def commit(self, forgotten: Iterable[str], evicted: Iterable[str] = ()) -> None:
+        """The staged ids are on disk, the forgotten ones gone from it."""
+        if self._staged:
+            self._ages.add(next(iter(self._staged.values())).at, len(self._staged))
         self._committed.update(self._staged)
         self._staged.clear()
         for op_id in forgotten:
@@ -109,28 +143,30 @@ class AppliedLog:
             self._disk_oldest = min(self._disk_oldest, at)
             self._pass_oldest = min(self._pass_oldest, at)  # the pass may have read past it
 
-    def trim_due(self, now: float, retention: Retention) -> bool:
-        """Whether an id on disk that memory does not hold may have passed the floor.
-
-        (Those past the window go in the host's periodic sweep, `forget_expired_ids`.)
-        """
-        full = len(self._committed) >= retention.max_per_object
-        return self.partial and full and now - self._disk_oldest > retention.floor
+    def trim_due(self, now: float) -> bool:
+        """Whether to read a slice of ids on disk: a pass goes on, or one is worth starting."""
+        if not self.partial:
+            return False
+        if self._cursor:
+            return True
+        retention = self._retention
+        slack = retention.max_per_object + retention.max_per_object // 4
+        return self._disk_oldest < min(now - retention.floor, self._ages.boundary(slack))
 
     def trim_cursor(self) -> str:
         """The key after which the next slice of ids on disk is read ("" from the start)."""
         return self._cursor
 
-    def trim(
-        self, rows: list[tuple[str, float]], limit: int, now: float, retention: Retention
-    ) -> list[str]:
+    def trim(self, rows: list[tuple[str, float]], limit: int, now: float) -> list[str]:
         """The ids of one slice (`limit` rows after the cursor, in key order) to forget on disk."""
         if not self._cursor:
             # A new pass: it reads every id now on disk, so only ids evicted from now on
             # may slip behind it.
             self._pass_oldest = math.inf
+        retention = self._retention
+        beyond = min(now - retention.floor, self._ages.boundary(retention.max_per_object))
+        cutoff = max(now - retention.window, beyond)
         forget: list[str] = []
-        cutoff = self._cutoff(now, retention)
         committed, kept = self._committed, self._pass_oldest
         for op_id, at in rows:
             if op_id in committed:
@@ -147,10 +183,37 @@ class AppliedLog:
             self._cursor = rows[-1][0]
         return forget
 
-    def _cutoff(self, now: float, retention: Retention) -> float:
-        """Ids on disk that memory does not hold, and older than this, may be forgotten.
 
-        Memory holds the newest ids, so once it holds the bound, every other id is beyond it.
-        """
-        full = len(self._committed) >= retention.max_per_object
-        return now - (retention.floor if full else retention.window)
+class _Ages:
+    """How many ids an object recorded, and from when, in chunks, oldest first.
+
+    Enough to tell an age below which every id is beyond the newest N (for N up to a quarter
+    over ``max_per_object``) without holding the ids: a few dozen numbers per object.
+    """
+
+    __slots__ = ("_chunk", "_chunks", "_keep", "_total")
+
+    def __init__(self, max_per_object: int) -> None:
+        self._chunks: deque[list[float]] = deque()  # [at of the first id, ids]
+        self._total = 0
+        self._chunk = max(1, max_per_object // 32)  # ids per chunk: the answer's precision
+        self._keep = max_per_object + max_per_object // 4  # the most N asked about
+
+    def add(self, at: float, count: int) -> None:
+        """`count` ids recorded at `at`, no older than any before."""
+        if self._chunks and self._chunks[-1][1] < self._chunk:
+            self._chunks[-1][1] += count
+        else:
+            self._chunks.append([at, count])
+        self._total += count
+        while self._total - self._chunks[0][1] >= self._keep:
+            self._total -= int(self._chunks.popleft()[1])  # the newer ones are enough
+
+    def boundary(self, newest: int) -> float:
+        """Ids recorded before this are not among the `newest` latest; -inf if not yet known."""
+        remaining = self._total
+        for first_at, count in self._chunks:
+            if remaining - count < newest <= remaining:
+                return first_at  # this chunk holds the newest-th latest id
+            remaining -= int(count)
+        return -math.inf

@@ -114,13 +114,12 @@ class ObjectHost:
         )
         if not any(a.storage.has_staged() or a.applied.staged() for a in touched.values()):
             return outcomes  # a batch of reads needs no commit
-        retention = self.config.retention
-        expired = {name: active.applied.expired(now, retention) for name, active in touched.items()}
+        expired = {name: active.applied.expired(now) for name, active in touched.items()}
         try:
             trimmed = [
                 (name, op_id)
                 for name, active in touched.items()
-                if active.applied.trim_due(now, retention)
+                if active.applied.trim_due(now)
                 for op_id in self._trim(name, active.applied, store, now)
             ]
             store.write(
@@ -208,7 +207,7 @@ class ObjectHost:
             active = self._objects.get(name)
             if active is not None and active.applied.partial and active.applied.find(op_id) is None:
                 wanted.setdefault(name, []).append(op_id)
-        return {name: store.find_applied(name, ids) for name, ids in wanted.items()}
+        return store.find_applied(wanted) if wanted else {}
 
     def _run(
         self,
@@ -240,10 +239,11 @@ class ObjectHost:
                 # object this batch brought into memory, now.
                 looked_up = evicted.get(name)
                 try:
-                    found = store.find_applied(name, [op_id]) if looked_up is None else looked_up
+                    if looked_up is None:
+                        looked_up = store.find_applied({name: [op_id]})[name]
                 except StorageFailed as error:
                     return Outcome(error=error)
-                seen = found.get(op_id)
+                seen = looked_up.get(op_id)
             if seen is not None:
                 if seen.request != request:
                     return Outcome(
@@ -272,10 +272,11 @@ class ObjectHost:
         return Outcome(value=value)
 
     def _activate(self, name: str, store: SqliteStore, now: float) -> _Active:
-        state, applied = store.load(name, self.config.retention.max_per_object)
+        retention = self.config.retention
+        state, applied = store.load(name, retention.memory_bound)
         storage = ObjectStorage(state)
         # More ids than memory holds: none are loaded, and misses are looked up on disk.
-        log = AppliedLog(applied or (), partial=applied is None)
+        log = AppliedLog(retention, applied or (), partial=applied is None)
         active = _Active(self.object_class(storage), storage, log, now)
         self._objects[name] = active
         return active
@@ -285,7 +286,7 @@ class ObjectHost:
         # Read faster than the object adds ids, so each pass ends.
         limit = 4 * len(log.staged()) + 16
         rows = store.applied_after(name, log.trim_cursor(), limit)
-        return log.trim(rows, limit, now, self.config.retention)
+        return log.trim(rows, limit, now)
 
     def _method(self, instance: Any, name: str, args: tuple[Any, ...]) -> Callable[..., Any]:
         arity = self._arities.get(name)

@@ -16,8 +16,9 @@ The contract, which every caller relies on:
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,11 @@ _UPSERT = (
 _DELETE = "DELETE FROM kv WHERE object = ? AND key = ?"
 _RECORD = "INSERT INTO applied (object, op_id, at, request, result) VALUES (?, ?, ?, ?, ?)"
 _FORGET = "DELETE FROM applied WHERE object = ? AND op_id = ?"
-_FIND = "SELECT op_id, at, request, result FROM applied WHERE object = ? AND op_id IN"
-_IDS_PER_QUERY = 500  # well under SQLite's limit on bound parameters
+_FIND = (
+    "SELECT a.object, a.op_id, a.at, a.request, a.result FROM json_each(?) AS wanted "
+    "JOIN applied AS a ON a.object = json_extract(wanted.value, '$[0]') "
+    "AND a.op_id = json_extract(wanted.value, '$[1]')"
+)
 _SLICE = "SELECT op_id, at FROM applied WHERE object = ? AND op_id > ? ORDER BY op_id LIMIT ?"
 
 Change = tuple[str, str, Any]  # (object, key, JSON text or DELETED)
@@ -120,15 +124,17 @@ class SqliteStore:
             return dict(rows), None
         return dict(rows), [(op_id, AppliedOp(*rest)) for op_id, *rest in applied]
 
-    def find_applied(self, object_name: str, op_ids: Sequence[str]) -> dict[str, AppliedOp]:
-        """The records of those of `op_ids` the object applied and still remembers."""
-        found: dict[str, AppliedOp] = {}
+    def find_applied(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, dict[str, AppliedOp]]:
+        """For each object, the records of those of its `wanted` ids it applied and remembers.
+
+        One query for all of them: a batch spread over a thousand objects costs a thousand
+        queries the other way, and several times the time.
+        """
+        pairs = [(name, op_id) for name, op_ids in wanted.items() for op_id in op_ids]
+        found: dict[str, dict[str, AppliedOp]] = {name: {} for name in wanted}
         try:
-            for first in range(0, len(op_ids), _IDS_PER_QUERY):
-                some = op_ids[first : first + _IDS_PER_QUERY]
-                marks = ", ".join("?" * len(some))
-                for op_id, *rest in self._db.execute(f"{_FIND} ({marks})", (object_name, *some)):
-                    found[op_id] = AppliedOp(*rest)
+            for name, op_id, *rest in self._db.execute(_FIND, (json.dumps(pairs),)):
+                found[name][op_id] = AppliedOp(*rest)
         except sqlite3.Error as error:
             raise StorageFailed(f"cannot read storage {self.path}: {error}") from None
         return found

@@ -37,11 +37,11 @@ def test_benchmark_smoke_run_prints_its_table() -> None:
     assert "errors)" not in result.stdout
 
 
-def test_hot_ids_bench_runs_and_answers_a_retry_once() -> None:
-    hot_ids = BENCH.parent / "hot_ids.py"
+def test_op_ids_bench_runs_and_answers_a_retry_once() -> None:
+    op_ids = BENCH.parent / "op_ids.py"
     arguments = ["--increments", "8000", "--rate", "1000", "--floor", "2", "--max-ids", "100"]
     result = subprocess.run(
-        [sys.executable, str(hot_ids), *arguments], capture_output=True, text=True, timeout=120
+        [sys.executable, str(op_ids), *arguments], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "retried: answered once" in result.stdout, result.stdout

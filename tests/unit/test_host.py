@@ -204,6 +204,7 @@ def test_ids_expire_after_the_window_and_beyond_the_bound(tmp_path: Path) -> Non
     host = ObjectHost(Counter, "h", str(tmp_path), LAYOUT, HostConfig(retention=retention), clock)
     for i in range(5):
         host.call("A", "increment", 1, op_id=f"k{i}")  # all within the floor: all kept
+        clock.now += 0.1
     log = host._objects["A"].applied
     assert len(log) == 3
     assert log.partial
@@ -213,10 +214,9 @@ def test_ids_expire_after_the_window_and_beyond_the_bound(tmp_path: Path) -> Non
         host.call("A", "decrement", 1, op_id="k0")
     clock.now += 11
     host.call("A", "increment", 1, op_id="k5")
-    # Past the floor, the bound holds again, on disk too, and memory knows every id again.
-    assert applied_on_disk(tmp_path) == {"k3", "k4", "k5"}
+    # Past the floor, ids beyond the bound go on disk too (k2, evicted by k5, at the next pass).
+    assert applied_on_disk(tmp_path) == {"k2", "k3", "k4", "k5"}
     assert len(log) == 3
-    assert not log.partial
     assert host.call("A", "increment", 1, op_id="k5") == 6
     assert host.call("A", "increment", 1, op_id="k0") == 7  # forgotten: applied anew
     clock.now += 3601
@@ -230,8 +230,10 @@ def test_an_evicted_id_stays_on_disk_for_the_floor(tmp_path: Path) -> None:
     host = ObjectHost(Counter, "h", str(tmp_path), LAYOUT, HostConfig(retention=retention), clock)
     host.apply([Operation("A", "increment", (1,), f"old-{i}") for i in range(5)])
     clock.now += 6
-    host.apply([Operation("A", "increment", (1,), f"new-{i}") for i in range(5)])
-    clock.now += 6  # the old ids are past the floor, the new ones evicted 6 s ago are not
+    for i in range(5):  # new-0 and new-1 are beyond the bound: only the floor keeps them
+        host.call("A", "increment", 1, op_id=f"new-{i}")
+        clock.now += 0.1
+    clock.now += 6  # the old ids are past the floor, the new ones are not
     host.call("A", "increment", 1, op_id="last")
     assert applied_on_disk(tmp_path) == {f"new-{i}" for i in range(5)} | {"last"}
     assert [host.call("A", "increment", 1, op_id=f"new-{i}") for i in range(5)] == [6, 7, 8, 9, 10]
@@ -259,8 +261,8 @@ def test_a_hot_object_keeps_the_bound_in_memory_and_every_id_on_disk(tmp_path: P
     assert len(log) == 0
     assert log.partial
     assert host.call("hot", "get_counter_value") == 1000
-    # Past the floor, new ids fill memory and the old ones on disk go, a slice per batch; the
-    # new ones beyond the bound stay on disk for the floor.
+    # Past the floor, the old ids on disk go, a slice per batch; the new ones beyond the bound
+    # stay on disk for the floor.
     clock.now += 101
     for first in range(1000, 1400, 20):
         batch = [Operation("hot", "increment", (1,), f"id-{i}") for i in range(first, first + 20)]
@@ -270,13 +272,31 @@ def test_a_hot_object_keeps_the_bound_in_memory_and_every_id_on_disk(tmp_path: P
     assert host.call("hot", "increment", 1, op_id="id-1000") == 1001
     assert len(log) == 50
     assert log.partial
+    # Past the floor again, the disk keeps only the ids within it.
     clock.now += 101
-    for i in range(1400, 1440):  # single calls: each reads a short slice
+    for i in range(1400, 1500):  # single calls: each reads a short slice
         host.call("hot", "increment", 1, op_id=f"id-{i}")
-    assert applied_on_disk(tmp_path) == {f"id-{i}" for i in range(1390, 1440)}
-    assert len(log) == 50
-    assert not log.partial
-    assert host.call("hot", "get_counter_value") == 1440
+        clock.now += 0.01
+    assert applied_on_disk(tmp_path) == {f"id-{i}" for i in range(1400, 1500)}
+    assert host.call("hot", "get_counter_value") == 1500
+
+
+def test_a_long_lived_object_keeps_few_ids_in_memory_and_the_bound_on_disk(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    retention = Retention(window=3600, max_per_object=40, floor=10, in_memory=4)
+    host = ObjectHost(Counter, "h", str(tmp_path), LAYOUT, HostConfig(retention=retention), clock)
+    for i in range(200):  # an increment a second: past the floor, only the bound protects ids
+        assert host.call("A", "increment", 1, op_id=f"id-{i}") == i + 1
+        assert len(host._objects["A"].applied) <= 4
+        clock.now += 1
+    on_disk = applied_on_disk(tmp_path)
+    assert on_disk >= {f"id-{i}" for i in range(160, 200)}  # the newest 40
+    assert len(on_disk) <= 40 + 40 // 4 + 2  # forgotten a quarter of the bound at a time
+    retried = host.apply([Operation("A", "increment", (1,), f"id-{i}") for i in range(160, 200)])
+    assert values(retried) == list(range(161, 201))
+    assert host.call("A", "increment", 1, op_id="id-0") == 201  # long forgotten: a new one
 
 
 def test_idle_objects_are_passivated_and_reload(tmp_path: Path) -> None:
@@ -319,19 +339,28 @@ Step = tuple[str, int]
         max_size=60,
     )
 )
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_an_id_is_never_applied_twice_while_it_must_be_remembered(steps: list[Step]) -> None:
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize(
+    "retention",
+    [Retention(window=100, max_per_object=4, floor=10), Retention(100, 8, 10, in_memory=2)],
+    ids=["all-in-memory", "few-in-memory"],
+)
+def test_an_id_is_never_applied_twice_while_it_must_be_remembered(
+    retention: Retention, steps: list[Step]
+) -> None:
     """Against a model: every retry of an id the retention promises is answered, not applied."""
-    retention = Retention(window=100, max_per_object=4, floor=10)
     clock = Clock()
     with tempfile.TemporaryDirectory() as tmp:
         config = HostConfig(retention=retention, idle_timeout=1)
         host = ObjectHost(Counter, "h", tmp, LAYOUT, config, clock)
         applied: dict[str, tuple[str, float, int]] = {}  # id -> (object, at, first answer)
         counts = {"A": 0, "B": 0}
-        for kind, n in steps:
+        # Then ids that only the bound protects: made, left past the floor, then passes run.
+        tail = [("new", 2), ("wait", 1)] * 8 + [("wait", 30), ("new", 0), ("wait", 1), ("new", 1)]
+        tail.append(("retry", 0))
+        for kind, n in steps + tail:
             if kind == "new":
-                batch = [(f"id-{len(applied) + i}", "AB"[(n + i) % 2]) for i in range(n % 7 + 1)]
+                batch = [(f"id-{len(applied) + i}", "AB"[(n + i) % 2]) for i in range(n % 3 + 1)]
                 outcomes = host.apply([Operation(o, "increment", (1,), i) for i, o in batch])
                 for (op_id, name), outcome in zip(batch, outcomes, strict=True):
                     counts[name] += 1
@@ -348,7 +377,7 @@ def test_an_id_is_never_applied_twice_while_it_must_be_remembered(steps: list[St
                 clock.now += 1.5
                 host.sweep()
             for active in host._objects.values():
-                assert len(active.applied) <= retention.max_per_object
+                assert len(active.applied) <= retention.memory_bound
         for name, count in counts.items():
             assert host.call(name, "get_counter_value") == count
 

@@ -93,14 +93,21 @@ def test_ids_are_read_whole_only_up_to_a_bound_and_else_by_key(tmp_path: Path) -
     store.write([("A", "value", "5")], applied=done)
     assert store.load("A", 5) == ({"value": "5"}, [(op_id, a) for _, op_id, a in done])
     assert store.load("A", 4) == ({"value": "5"}, None)  # too many: none read
-    assert store.find_applied("A", ["id-3", "id-9", "id-0"]) == {
-        "id-3": AppliedOp(3.0, "increment(1)", "3"),
-        "id-0": AppliedOp(0.0, "increment(1)", "0"),
+    store.write([("B", "value", "1")], applied=[("B", "id-3", AppliedOp(9.0, "get()", "1"))])
+    found = store.find_applied({"A": ["id-3", "id-9", "id-0"], "B": ["id-3", "id-0"], "C": ["x"]})
+    assert found == {
+        "A": {
+            "id-3": AppliedOp(3.0, "increment(1)", "3"),
+            "id-0": AppliedOp(0.0, "increment(1)", "0"),
+        },
+        "B": {"id-3": AppliedOp(9.0, "get()", "1")},
+        "C": {},
     }
-    assert store.find_applied("B", ["id-3"]) == {}
-    many = [f"id-{i}" for i in range(-1000, 2)]  # more than one query's worth
-    assert sorted(store.find_applied("A", many)) == ["id-0", "id-1"]
+    odd = ["it's", 'say "hi"', "Grüße", "\\"]  # any text an Idempotency-Key may carry
+    store.write([], applied=[("D", key, AppliedOp(1.0, "increment(1)", "1")) for key in odd])
+    assert sorted(store.find_applied({"D": odd})["D"]) == sorted(odd)
     # Slices in key order, after a given key.
     assert store.applied_after("A", "", 2) == [("id-0", 0.0), ("id-1", 1.0)]
     assert store.applied_after("A", "id-1", 10) == [("id-2", 2.0), ("id-3", 3.0), ("id-4", 4.0)]
-    assert store.applied_after("B", "", 10) == []
+    assert store.applied_after("B", "", 10) == [("id-3", 9.0)]
+    assert store.applied_after("C", "", 10) == []
