@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=15_000.0, help="simulated increments/s")
     parser.add_argument("--floor", type=float, default=20.0, help="retry floor, seconds")
     parser.add_argument("--max-ids", type=int, default=10_000, help="ids per object")
+    parser.add_argument("--ids-in-memory", type=int, default=1_000_000, help="for the host")
     arguments = parser.parse_args()
     clock = SimulatedClock()
 
@@ -56,7 +57,7 @@ def main() -> None:
         return f"counter-{op % arguments.names}"
 
     retention = Retention(max_per_object=arguments.max_ids, floor=arguments.floor)
-    config = HostConfig(retention=retention, idle_timeout=1.0)
+    config = HostConfig(retention, 1.0, ids_in_memory=arguments.ids_in_memory)
     with tempfile.TemporaryDirectory(prefix="counters-hot-ids-") as tmp:
         layout = Layout("Counter", Placement.SHARDED, 1)
         host = ObjectHost(Counter, "Counter.shard-0-of-1", tmp, layout, config, clock)

@@ -10,10 +10,11 @@ How long an id is remembered: at least ``floor`` seconds (longer than any client
 until it is older than ``window`` or the object has more than ``max_per_object`` ids, oldest
 first.
 
-Theory of operation. The disk holds every id remembered; memory holds at most the
-``in_memory`` newest ids of an object, which for most objects is all of them. Beyond that (a
-counter taking increments all day; a hot one has 1.8 million within the floor at 15,000/s) the
-older ids are *evicted* from memory, not forgotten, and the log is *partial*:
+Theory of operation. The disk holds every id remembered; memory holds the newest ids of an
+object up to a cap the host sets (its memory for ids shared among the objects it holds), which
+for most objects is all of them. Beyond that (a counter taking increments all day; a hot one has
+1.8 million within the floor at 15,000/s) the older ids are *evicted* from memory, not
+forgotten, and the log is *partial*:
 
 - `find` answers from memory; on a miss in a partial log the host looks the id up on disk.
 - The ids to forget on disk are found by `trim`: the host reads the object's ids on disk in key
@@ -25,12 +26,12 @@ older ids are *evicted* from memory, not forgotten, and the log is *partial*:
   for an object with nothing to forget.
 - When a pass finds no id on disk but those in memory, and none was evicted meanwhile, the log
   is complete again.
-- An object with more ids on disk than ``in_memory`` comes back into memory with none of them
-  read, partial, and counts only the ids it records from then on: until those reach the bound,
-  it forgets on disk only what is past the window (which the host's periodic sweep does).
+- An object with more ids on disk than its cap comes back into memory with none of them read,
+  partial, and counts only the ids it records from then on: until those reach the bound, it
+  forgets on disk only what is past the window (which the host's periodic sweep does).
 
-So a host's memory for ids is bounded by ``in_memory`` per object in memory, however busy they
-are, and bringing an object back into memory reads at most ``in_memory`` ids.
+So a host's memory for ids is bounded by the caps it sets, however busy its objects are, and
+bringing an object back into memory reads at most its cap of ids.
 """
 
 from __future__ import annotations
@@ -49,11 +50,6 @@ class Retention:
     window: float = 24 * 3600.0
     max_per_object: int = 10_000
     floor: float = 120.0
-    in_memory: int = 100  # of an object's ids, the newest this many are also held in memory
-
-    @property
-    def memory_bound(self) -> int:
-        return min(self.in_memory, self.max_per_object)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,15 +104,16 @@ class AppliedLog:
     def staged(self) -> list[tuple[str, AppliedOp]]:
         return list(self._staged.items())
 
-    def expired(self, now: float) -> tuple[list[str], list[str]]:
+    def expired(self, now: float, cap: int) -> tuple[list[str], list[str]]:
         """Once the staged ids are committed: the ids to forget, and those to evict.
 
-        Forgotten ids (past the window) leave memory and the disk; evicted ids (over the memory
-        bound) leave memory only. Memory holds the newest ids, never more than the retention
-        bound, so no id in memory is ever beyond it.
+        Forgotten ids (past the window) leave memory and the disk; evicted ids (over `cap`, or
+        over the retention bound) leave memory only. Memory holds the newest ids, never more
+        than the retention bound, so no id in memory is ever beyond it.
         """
         retention = self._retention
-        over = len(self._committed) + len(self._staged) - retention.memory_bound
+        cap = min(cap, retention.max_per_object)
+        over = len(self._committed) + len(self._staged) - cap
         forget: list[str] = []
         evict: list[str] = []
         for op_id, applied in chain(self._committed.items(), self._staged.items()):

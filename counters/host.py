@@ -57,6 +57,9 @@ class HostConfig:
     retention: Retention = field(default_factory=Retention)
     idle_timeout: float = 60.0  # seconds an object stays in memory unused
     max_objects: int = 100_000  # objects in memory at most, least recently used dropped first
+    # Operation ids held in memory, shared among the objects in memory (the rest are on disk):
+    # about 184 bytes each. An object holds at least this divided by `max_objects`.
+    ids_in_memory: int = 1_000_000
 
 
 @dataclass(slots=True)
@@ -114,7 +117,8 @@ class ObjectHost:
         )
         if not any(a.storage.has_staged() or a.applied.staged() for a in touched.values()):
             return outcomes  # a batch of reads needs no commit
-        expired = {name: active.applied.expired(now) for name, active in touched.items()}
+        cap = self._ids_per_object()
+        expired = {name: active.applied.expired(now, cap) for name, active in touched.items()}
         try:
             trimmed = [
                 (name, op_id)
@@ -273,13 +277,17 @@ class ObjectHost:
 
     def _activate(self, name: str, store: SqliteStore, now: float) -> _Active:
         retention = self.config.retention
-        state, applied = store.load(name, retention.memory_bound)
+        state, applied = store.load(name, min(self._ids_per_object(), retention.max_per_object))
         storage = ObjectStorage(state)
         # More ids than memory holds: none are loaded, and misses are looked up on disk.
         log = AppliedLog(retention, applied or (), partial=applied is None)
         active = _Active(self.object_class(storage), storage, log, now)
         self._objects[name] = active
         return active
+
+    def _ids_per_object(self) -> int:
+        """How many ids an object may hold in memory: a share of the host's, while it has room."""
+        return max(1, self.config.ids_in_memory // max(1, len(self._objects)))
 
     def _trim(self, name: str, log: AppliedLog, store: SqliteStore, now: float) -> list[str]:
         """One slice of a partial log's ids on disk to forget: see `applied_log.py`."""

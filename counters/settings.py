@@ -47,6 +47,7 @@ class Settings:
     max_objects_per_host: int = 10_000
     id_retention: float = 24 * 3600.0
     max_ids_per_object: int = 10_000
+    ids_in_memory_per_host: int = 1_000_000
     access_log: bool = False
 
     def __post_init__(self) -> None:
@@ -64,6 +65,7 @@ class Settings:
         _check(self.max_objects_per_host >= 1, "max_objects_per_host", "at least 1")
         _check(self.id_retention > 0, "id_retention", "more than 0 seconds")
         _check(self.max_ids_per_object >= 1, "max_ids_per_object", "at least 1")
+        _check(self.ids_in_memory_per_host >= 1, "ids_in_memory_per_host", "at least 1")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -92,6 +94,7 @@ class Settings:
             retention=Retention(self.id_retention, self.max_ids_per_object, floor),
             idle_timeout=self.idle_timeout,
             max_objects=self.max_objects_per_host,
+            ids_in_memory=self.ids_in_memory_per_host,
         )
 
     def layout(self, object_class: type) -> Layout:

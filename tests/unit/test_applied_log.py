@@ -6,8 +6,9 @@ import math
 
 from counters.applied_log import AppliedLog, AppliedOp, Retention, _Ages
 
-# Two ids in memory, eight remembered past the floor: forgotten past 8, passes start past 10.
-RETENTION = Retention(window=1000, max_per_object=8, floor=10, in_memory=2)
+# Eight ids remembered past the floor (forgotten past 8, passes start past 10), two in memory.
+RETENTION = Retention(window=1000, max_per_object=8, floor=10)
+CAP = 2
 
 
 def op(at: float) -> AppliedOp:
@@ -17,7 +18,7 @@ def op(at: float) -> AppliedOp:
 def commit(log: AppliedLog, now: float, *ids: str) -> tuple[list[str], list[str]]:
     for op_id in ids:
         log.stage(op_id, op(now))
-    expired = log.expired(now)
+    expired = log.expired(now, CAP)
     log.commit(*expired)
     return expired
 
@@ -87,7 +88,7 @@ def test_a_pass_that_finds_only_memorys_ids_makes_the_log_whole() -> None:
 
 
 def test_an_id_evicted_behind_a_pass_keeps_the_log_partial() -> None:
-    log = AppliedLog(Retention(window=1000, max_per_object=2, floor=10, in_memory=2))
+    log = AppliedLog(Retention(window=1000, max_per_object=2, floor=10))
     commit(log, 0, "m")
     commit(log, 1, "a")
     commit(log, 2, "z")  # evicts m

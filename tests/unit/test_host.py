@@ -285,8 +285,9 @@ def test_a_long_lived_object_keeps_few_ids_in_memory_and_the_bound_on_disk(
     tmp_path: Path,
 ) -> None:
     clock = Clock()
-    retention = Retention(window=3600, max_per_object=40, floor=10, in_memory=4)
-    host = ObjectHost(Counter, "h", str(tmp_path), LAYOUT, HostConfig(retention=retention), clock)
+    retention = Retention(window=3600, max_per_object=40, floor=10)
+    config = HostConfig(retention=retention, ids_in_memory=4)
+    host = ObjectHost(Counter, "h", str(tmp_path), LAYOUT, config, clock)
     for i in range(200):  # an increment a second: past the floor, only the bound protects ids
         assert host.call("A", "increment", 1, op_id=f"id-{i}") == i + 1
         assert len(host._objects["A"].applied) <= 4
@@ -297,6 +298,23 @@ def test_a_long_lived_object_keeps_few_ids_in_memory_and_the_bound_on_disk(
     retried = host.apply([Operation("A", "increment", (1,), f"id-{i}") for i in range(160, 200)])
     assert values(retried) == list(range(161, 201))
     assert host.call("A", "increment", 1, op_id="id-0") == 201  # long forgotten: a new one
+
+
+def test_objects_share_the_hosts_memory_for_ids(tmp_path: Path) -> None:
+    config = HostConfig(ids_in_memory=100)
+    host = ObjectHost(Counter, "h", str(tmp_path), LAYOUT, config, Clock())
+    host.apply([Operation("A", "increment", (1,), f"A-{i}") for i in range(300)])
+    assert len(host._objects["A"].applied) == 100  # alone, it has all of it
+    for round_ in range(3):
+        host.apply(
+            [
+                Operation(n, "increment", (1,), f"{n}-{round_}-{i}")
+                for n in "ABCD"
+                for i in range(30)
+            ]
+        )
+    assert [len(host._objects[n].applied) for n in "ABCD"] == [25, 25, 25, 25]
+    assert [host.call(n, "increment", 1, op_id=f"{n}-0-0") for n in "BCD"] == [1, 1, 1]
 
 
 def test_idle_objects_are_passivated_and_reload(tmp_path: Path) -> None:
@@ -341,17 +359,18 @@ Step = tuple[str, int]
 )
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @pytest.mark.parametrize(
-    "retention",
-    [Retention(window=100, max_per_object=4, floor=10), Retention(100, 8, 10, in_memory=2)],
+    "retention_and_memory",
+    [(Retention(window=100, max_per_object=4, floor=10), 100), (Retention(100, 8, 10), 4)],
     ids=["all-in-memory", "few-in-memory"],
 )
 def test_an_id_is_never_applied_twice_while_it_must_be_remembered(
-    retention: Retention, steps: list[Step]
+    retention_and_memory: tuple[Retention, int], steps: list[Step]
 ) -> None:
     """Against a model: every retry of an id the retention promises is answered, not applied."""
+    retention, ids_in_memory = retention_and_memory
     clock = Clock()
     with tempfile.TemporaryDirectory() as tmp:
-        config = HostConfig(retention=retention, idle_timeout=1)
+        config = HostConfig(retention=retention, idle_timeout=1, ids_in_memory=ids_in_memory)
         host = ObjectHost(Counter, "h", tmp, LAYOUT, config, clock)
         applied: dict[str, tuple[str, float, int]] = {}  # id -> (object, at, first answer)
         counts = {"A": 0, "B": 0}
@@ -377,7 +396,7 @@ def test_an_id_is_never_applied_twice_while_it_must_be_remembered(
                 clock.now += 1.5
                 host.sweep()
             for active in host._objects.values():
-                assert len(active.applied) <= retention.memory_bound
+                assert len(active.applied) <= min(retention.max_per_object, ids_in_memory)
         for name, count in counts.items():
             assert host.call(name, "get_counter_value") == count
 
