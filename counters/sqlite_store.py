@@ -65,7 +65,9 @@ _UPSERT = (
 _DELETE = "DELETE FROM kv WHERE object = ? AND key = ?"
 _RECORD = "INSERT INTO applied (object, op_id, at, request, result) VALUES (?, ?, ?, ?, ?)"
 _FORGET = "DELETE FROM applied WHERE object = ? AND op_id = ?"
-_FIND = (
+_FIND_ONE = "SELECT object, op_id, at, request, result FROM applied WHERE object = ? AND op_id IN"
+_IN_LIST = 500  # ids bound in one IN list at most, well under SQLite's limit
+_FIND_MANY = (
     "SELECT a.object, a.op_id, a.at, a.request, a.result FROM json_each(?) AS wanted "
     "JOIN applied AS a ON a.object = json_extract(wanted.value, '$[0]') "
     "AND a.op_id = json_extract(wanted.value, '$[1]')"
@@ -128,12 +130,19 @@ class SqliteStore:
         """For each object, the records of those of its `wanted` ids it applied and remembers.
 
         One query for all of them: a batch spread over a thousand objects costs a thousand
-        queries the other way, and several times the time.
+        queries the other way, and several times the time. (For one object, a plain ``IN``
+        is cheaper than decoding JSON: the hot counter's case.)
         """
-        pairs = [(name, op_id) for name, op_ids in wanted.items() for op_id in op_ids]
         found: dict[str, dict[str, AppliedOp]] = {name: {} for name in wanted}
         try:
-            for name, op_id, *rest in self._db.execute(_FIND, (json.dumps(pairs),)):
+            if len(wanted) == 1 and all(len(ids) <= _IN_LIST for ids in wanted.values()):
+                [(name, ids)] = wanted.items()
+                marks = ", ".join("?" * len(ids))
+                rows = self._db.execute(f"{_FIND_ONE} ({marks})", (name, *ids))
+            else:
+                pairs = [(name, op_id) for name, op_ids in wanted.items() for op_id in op_ids]
+                rows = self._db.execute(_FIND_MANY, (json.dumps(pairs),))
+            for name, op_id, *rest in rows:
                 found[name][op_id] = AppliedOp(*rest)
         except sqlite3.Error as error:
             raise StorageFailed(f"cannot read storage {self.path}: {error}") from None
