@@ -147,8 +147,8 @@ class AppliedLog:
         if self._cursor:
             return True
         retention = self._retention
-        slack = retention.max_per_object + retention.max_per_object // 4
-        return self._disk_oldest < min(now - retention.floor, self._ages.boundary(slack))
+        worth_a_pass = retention.max_per_object + retention.max_per_object // 4
+        return self._disk_oldest < min(now - retention.floor, self._ages.boundary(worth_a_pass))
 
     def trim_cursor(self) -> str:
         """The key after which the next slice of ids on disk is read ("" from the start)."""

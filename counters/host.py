@@ -202,11 +202,11 @@ class ObjectHost:
     ) -> dict[str, dict[str, AppliedOp]]:
         """For objects whose ids are partly on disk only: which of the batch's ids they applied.
 
-        One query per such object and batch, rather than one per operation.
+        One query for the batch, rather than one per operation.
         """
         wanted: dict[str, list[str]] = {}
         for name, _, _, op_id in operations:
-            if op_id is None or type(name) is not str:
+            if type(op_id) is not str or type(name) is not str:
                 continue
             active = self._objects.get(name)
             if active is not None and active.applied.partial and active.applied.find(op_id) is None:
@@ -233,6 +233,10 @@ class ObjectHost:
             method = self._method(active.instance, method_name, args)
         except CountersError as error:
             return Outcome(error=error)
+        if op_id is not None and type(op_id) is not str:  # only from bare Ray callers
+            return Outcome(
+                error=InvalidInput(f"operation ids are text, not {type(op_id).__name__}")
+            )
         touched[name] = active
         request = ""
         if op_id is not None:

@@ -110,7 +110,7 @@ class SqliteStore:
         """One object's committed keys (as JSON text) and the operation ids it applied.
 
         The ids are None when there are more than `max_applied`: reading them all could take
-        seconds for a hot object, and the caller looks them up one by one instead.
+        seconds for a hot object, and the caller looks them up on disk as it needs them.
         """
         try:
             rows = self._db.execute(

@@ -343,9 +343,10 @@ def test_malformed_operations_from_bare_ray_fail_alone(tmp_path: Path) -> None:
             Operation(["not", "a", "name"], "increment", (1,)),  # type: ignore[arg-type]
             Operation("A", 7, (1,)),  # type: ignore[arg-type]
             Operation("A", "increment", [2]),  # type: ignore[arg-type]
+            Operation("A", "increment", (1,), b"id"),  # type: ignore[arg-type]
         ]
     )
-    assert values(outcomes) == [InvalidName, UnknownMethod, 2]
+    assert values(outcomes) == [InvalidName, UnknownMethod, 2, InvalidInput]
 
 
 Step = tuple[str, int]
