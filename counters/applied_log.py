@@ -37,7 +37,6 @@ bringing an object back into memory reads at most its cap of ids.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain
@@ -191,7 +190,9 @@ class _Ages:
     __slots__ = ("_chunk", "_chunks", "_keep", "_total")
 
     def __init__(self, max_per_object: int) -> None:
-        self._chunks: deque[list[float]] = deque()  # [at of the first id, ids]
+        # [at of the first id, ids]; a list, not a deque: a host holds one per object, mostly
+        # of one chunk, and an empty deque alone takes over 600 bytes.
+        self._chunks: list[list[float]] = []
         self._total = 0
         self._chunk = max(1, max_per_object // 32)  # ids per chunk: the answer's precision
         self._keep = max_per_object + max_per_object // 4  # the most N asked about
@@ -204,7 +205,7 @@ class _Ages:
             self._chunks.append([at, count])
         self._total += count
         while self._total - self._chunks[0][1] >= self._keep:
-            self._total -= int(self._chunks.popleft()[1])  # the newer ones are enough
+            self._total -= int(self._chunks.pop(0)[1])  # the newer ones are enough
 
     def boundary(self, newest: int) -> float:
         """Ids recorded before this are not among the `newest` latest; -inf if not yet known."""
