@@ -202,14 +202,15 @@ class ObjectHost:
     ) -> dict[str, dict[str, AppliedOp]]:
         """For objects whose ids are partly on disk only: which of the batch's ids they applied.
 
-        One query for the batch, rather than one per operation.
+        One query for the batch, rather than one per operation. Ids that memory holds are asked
+        too (only retries are): checking memory first would cost every operation a lookup more.
         """
         wanted: dict[str, list[str]] = {}
         for name, _, _, op_id in operations:
             if type(op_id) is not str or type(name) is not str:
                 continue
             active = self._objects.get(name)
-            if active is not None and active.applied.partial and active.applied.find(op_id) is None:
+            if active is not None and active.applied.partial:
                 wanted.setdefault(name, []).append(op_id)
         return store.find_applied(wanted) if wanted else {}
 
@@ -280,18 +281,18 @@ class ObjectHost:
         return Outcome(value=value)
 
     def _activate(self, name: str, store: SqliteStore, now: float) -> _Active:
-        retention = self.config.retention
-        state, applied = store.load(name, min(self._ids_per_object(), retention.max_per_object))
+        state, applied = store.load(name, self._ids_per_object())
         storage = ObjectStorage(state)
         # More ids than memory holds: none are loaded, and misses are looked up on disk.
-        log = AppliedLog(retention, applied or (), partial=applied is None)
+        log = AppliedLog(self.config.retention, applied or (), partial=applied is None)
         active = _Active(self.object_class(storage), storage, log, now)
         self._objects[name] = active
         return active
 
     def _ids_per_object(self) -> int:
-        """How many ids an object may hold in memory: a share of the host's, while it has room."""
-        return max(1, self.config.ids_in_memory // max(1, len(self._objects)))
+        """How many ids an object may hold in memory: its share of the host's, at most the bound."""
+        share = max(1, self.config.ids_in_memory // max(1, len(self._objects)))
+        return min(share, self.config.retention.max_per_object)
 
     def _trim(self, name: str, log: AppliedLog, store: SqliteStore, now: float) -> list[str]:
         """One slice of a partial log's ids on disk to forget: see `applied_log.py`."""
