@@ -58,7 +58,7 @@ class HostConfig:
     idle_timeout: float = 60.0  # seconds an object stays in memory unused
     max_objects: int = 100_000  # objects in memory at most, least recently used dropped first
     # Operation ids held in memory, shared among the objects in memory (the rest are on disk):
-    # about 184 bytes each. An object holds at least this divided by `max_objects`.
+    # about 270 bytes each. An object holds at least this divided by `max_objects`.
     ids_in_memory: int = 1_000_000
 
 
