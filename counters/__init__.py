@@ -26,7 +26,7 @@ from .errors import (
 from .object_storage import ObjectStorage
 from .operations import Operation, Outcome
 from .placement import Layout, Placement
-from .runtime import start_ray
+from .runtime import start_ray, tune_gc
 from .settings import Settings
 
 __all__ = [
@@ -53,4 +53,5 @@ __all__ = [
     "UnknownMethod",
     "new_op_id",
     "start_ray",
+    "tune_gc",
 ]
