@@ -9,9 +9,9 @@ Theory of operation.
 
 - Routing. Every operation goes to the host actor its name is placed on. Handles are looked up or
   created once per host and cached.
-- Coalescing. Async calls to one host share a lane: while ``max_in_flight`` calls to the host are
-  in flight, new operations queue up, and when one returns they all leave together as the next
-  call, up to ``max_batch``. The host commits each call once, so a busy gateway gets group commit
+- Coalescing. Async calls to one host share a lane: while a call to the host is in flight, new
+  operations queue up, and when it returns they all leave together as the next call, up to
+  ``max_batch`` (up to ``max_in_flight`` calls leave while many wait: see `_Lane`). The host commits each call once, so a busy gateway gets group commit
   without waiting on purpose, and an idle one sends every operation at once. At most
   ``max_queue`` operations wait per host; past that, callers get Overloaded at once.
 - Exactly once. Every changing operation carries an id (the caller's, or a fresh one). When a host
@@ -333,6 +333,12 @@ class _Lane:
     call in flight (``max_in_flight``: the host works on one batch while the next travels) the
     operations of a lane still run in the order they were submitted.
 
+    A second call leaves only while a sixteenth of a full batch waits (`_pipelined`). Under
+    HTTP load a few dozen operations wait per host, and sending them as one batch when the
+    call in flight returns costs the host one commit where two calls cost two: measured, spread
+    increments went 7 to 15 % faster with one call in flight. A bulk client has thousands
+    waiting, and there the host must not sit idle while a batch travels.
+
     Deadlines and retries are kept here, per batch rather than per operation (a timer or a
     task per request costs more than the rest of the request): while a call is in flight, the
     lane wakes at the earliest deadline among the operations it holds and fails those whose
@@ -361,10 +367,16 @@ class _Lane:
             )
             return future
         self._waiting.append((operation, future, deadline))
-        if self._senders < self.namespace.settings.max_in_flight:
+        if self._senders == 0 or (
+            self._senders < self.namespace.settings.max_in_flight and self._pipelined()
+        ):
             self._senders += 1
             self._keep(self.loop.create_task(self._drain()))
         return future
+
+    def _pipelined(self) -> bool:
+        """Whether enough operations wait to be worth a call more in flight (see the class)."""
+        return len(self._waiting) >= max(1, self.namespace.settings.max_batch // 16)
 
     def _keep(self, task: asyncio.Future[Any]) -> None:
         self._tasks.add(task)
@@ -372,7 +384,8 @@ class _Lane:
 
     async def _drain(self) -> None:
         try:
-            while self._waiting:
+            # A sender alone goes on while anything waits; one of several only while enough do.
+            while self._waiting and (self._senders == 1 or self._pipelined()):
                 limit = self.namespace.settings.max_batch
                 batch, self._waiting = self._waiting[:limit], self._waiting[limit:]
                 self._expire(batch)

@@ -10,7 +10,7 @@ import pytest
 import ray
 from aiohttp.test_utils import TestClient
 
-from counters.client import Namespace
+from counters.client import Namespace, new_op_id
 from counters.errors import (
     ConfigError,
     CountOutOfRange,
@@ -18,6 +18,7 @@ from counters.errors import (
     InvalidName,
     LayoutMismatch,
 )
+from counters.operations import Operation
 from counters.placement import Placement
 from counters.runtime import get_or_create_host
 from tests.functional.conftest import COLD_START_DEADLINE, NamespaceFactory
@@ -81,6 +82,30 @@ async def test_concurrent_calls_are_coalesced(
     assert stats["batches"] <= 50
     # On the host's node they travel by its Unix socket, unless that is turned off.
     assert stats["channel_batches"] == (stats["batches"] if direct_channel else 0)
+
+
+async def test_a_second_call_leaves_only_while_many_operations_wait(
+    make_namespace: NamespaceFactory,
+) -> None:
+    # A second call in flight needs a sixteenth of max_batch waiting: 10 operations here.
+    namespace = make_namespace(Placement.SHARDED, max_batch=160, max_in_flight=2)
+    stub = namespace.get_by_name("hot")
+    assert await stub.increment() == 1  # the host and its channel are up
+    lane = namespace._lanes[namespace.host_for("hot")]
+
+    def increment() -> asyncio.Future[Any]:
+        return namespace.call(Operation("hot", "increment", (1,), new_op_id()))
+
+    # A sender takes what waits when it first runs, at our next await: until then all wait.
+    calls = [increment()]
+    assert lane._senders == 1  # the lane was idle: a call leaves at once
+    calls += [increment() for _ in range(8)]
+    assert lane._senders == 1  # 9 wait: they leave together, one call
+    calls.append(increment())
+    assert lane._senders == 2  # 10 wait: worth a second call in flight
+    assert sorted(await asyncio.gather(*calls)) == list(range(2, 12))
+    assert await stub.get_counter_value() == 11
+    assert lane._senders == 0
 
 
 def test_creating_one_host_from_many_callers_yields_one_actor(
