@@ -11,9 +11,10 @@ Theory of operation.
   created once per host and cached.
 - Coalescing. Async calls to one host share a lane: while a call to the host is in flight, new
   operations queue up, and when it returns they all leave together as the next call, up to
-  ``max_batch`` (up to ``max_in_flight`` calls leave while many wait: see `_Lane`). The host commits each call once, so a busy gateway gets group commit
-  without waiting on purpose, and an idle one sends every operation at once. At most
-  ``max_queue`` operations wait per host; past that, callers get Overloaded at once.
+  ``max_batch`` (up to ``max_in_flight`` calls leave while many wait: see `_Lane`). The host
+  commits each call once, so a busy gateway gets group commit without waiting on purpose, and an
+  idle one sends every operation at once. At most ``max_queue`` operations wait per host; past
+  that, callers get Overloaded at once.
 - Exactly once. Every changing operation carries an id (the caller's, or a fresh one). When a host
   dies or cannot be reached, the operation is sent again with the same id, with backoff, until
   ``deadline``; the host applies an id once and answers repeats with the first result. Past the
