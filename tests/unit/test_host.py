@@ -184,6 +184,23 @@ def test_an_operation_id_is_applied_once(tmp_path: Path) -> None:
     assert again.call("A", "get_counter_value") == 6
 
 
+def test_an_id_is_matched_to_its_request_by_type_too(tmp_path: Path) -> None:
+    host = make_host(tmp_path)
+    assert host.call("A", "increment", 1, op_id="k") == 1
+    for amount in (True, 1.0):  # equal to 1 in Python, and other requests all the same
+        with pytest.raises(IdempotencyKeyReused, match=r"increment\(1\)"):
+            host.call("A", "increment", amount, op_id="k")
+    assert host.call("A", "increment", 1, op_id="k") == 1
+    assert host.call("A", "increment", 1, op_id="k2") == 2
+    assert host.call("A", "get_counter_value") == 2
+    # The records of one request share its text: memory holds up to a million of them.
+    log = host._objects["A"].applied
+    first, second = log.find("k"), log.find("k2")
+    assert first is not None
+    assert second is not None
+    assert first.request is second.request
+
+
 def test_a_failed_operation_does_not_use_up_its_id(tmp_path: Path) -> None:
     host = make_host(tmp_path)
     host.call("A", "increment", INT64_MAX)
