@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import re
 import shutil
@@ -329,8 +330,6 @@ def python_client_scenarios(arguments: argparse.Namespace, storage: Path) -> lis
 @contextmanager
 def default_gc() -> Iterator[None]:
     """Python's own collector settings for a while, in a process that tuned them."""
-    import gc
-
     tuned = gc.get_threshold()
     gc.unfreeze()
     gc.set_threshold(700, 10, 10)
