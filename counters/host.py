@@ -26,6 +26,7 @@ Lifecycle and failure semantics of a host:
 from __future__ import annotations
 
 import inspect
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -93,7 +94,6 @@ class ObjectHost:
         self._store: SqliteStore | None = None
         self._objects: OrderedDict[str, _Active] = OrderedDict()  # least recently used first
         self._arities: dict[str, tuple[int, int]] = {}  # method -> (least, most) arguments
-        self._requests: dict[tuple[str, tuple[int, ...]], str] = {}  # see `_request`
         self._batches = 0
         self._operations = 0
         self._passivated = 0
@@ -242,7 +242,9 @@ class ObjectHost:
         touched[name] = active
         request = ""
         if op_id is not None:
-            request = self._request(method_name, args)
+            # One string per distinct request, shared by every record of it (interned): a host
+            # holds up to a million ids in memory, and a string each would cost 60 bytes more.
+            request = sys.intern(_request(method_name, args))
             seen = active.applied.find(op_id)
             if seen is None and active.applied.partial:
                 # Evicted from memory, not forgotten: looked up for the whole batch, or, for an
@@ -320,31 +322,11 @@ class ObjectHost:
         method: Callable[..., Any] = getattr(instance, name)
         return method
 
-    def _request(self, method: str, args: tuple[Any, ...]) -> str:
-        """What an operation asks, compactly: ``increment(5)``.
-
-        One string per distinct request, shared by every id recorded with it: a host holds up to
-        a million ids in memory, and a string of its own would cost each about 60 bytes. Only
-        for integer arguments, compared by type too: ``(True,)`` is equal to ``(1,)``.
-        """
-        if type(args) is not tuple or not all(type(arg) is int for arg in args):
-            return _request(method, args)
-        key = (method, args)
-        text = self._requests.get(key)
-        if text is None:
-            if len(self._requests) >= _SHARED_REQUESTS:
-                self._requests.clear()  # bounded: amounts are many only when callers vary them
-            text = self._requests[key] = _request(method, args)
-        return text
-
     def _open_store(self) -> SqliteStore:
         if self._store is None:
             self._storage_dir.bind_layout(self.layout)
             self._store = SqliteStore(self._storage_dir.host_path(self.host_name), self.host_name)
         return self._store
-
-
-_SHARED_REQUESTS = 10_000
 
 
 def _request(method: str, args: tuple[Any, ...]) -> str:
