@@ -353,6 +353,8 @@ class _Lane:
         self.loop = loop
         self._waiting: list[_Entry] = []
         self._senders = 0  # calls in flight to the host, at most max_in_flight
+        # Operations waiting that make a second call in flight worth it (see the class).
+        self._pipeline_at = max(1, namespace.settings.max_batch // 16)
         self._backoff = _FIRST_BACKOFF
         # Strong references: the event loop keeps only weak ones to running tasks.
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -376,8 +378,7 @@ class _Lane:
         return future
 
     def _pipelined(self) -> bool:
-        """Whether enough operations wait to be worth a call more in flight (see the class)."""
-        return len(self._waiting) >= max(1, self.namespace.settings.max_batch // 16)
+        return len(self._waiting) >= self._pipeline_at
 
     def _keep(self, task: asyncio.Future[Any]) -> None:
         self._tasks.add(task)
