@@ -48,16 +48,15 @@ def main() -> None:
     parser.add_argument("--increments", type=int, default=600_000)
     parser.add_argument("--rate", type=float, default=15_000.0, help="simulated increments/s")
     parser.add_argument("--floor", type=float, default=20.0, help="retry floor, seconds")
-    parser.add_argument("--max-ids", type=int, default=10_000, help="ids per object")
-    parser.add_argument("--ids-in-memory", type=int, default=1_000_000, help="for the host")
+    parser.add_argument("--max-ids", type=int, default=100_000, help="ids the host remembers")
     arguments = parser.parse_args()
     clock = SimulatedClock()
 
     def name_of(op: int) -> str:
         return f"counter-{op % arguments.names}"
 
-    retention = Retention(max_per_object=arguments.max_ids, floor=arguments.floor)
-    config = HostConfig(retention, 1.0, ids_in_memory=arguments.ids_in_memory)
+    retention = Retention(max_ids=arguments.max_ids, floor=arguments.floor)
+    config = HostConfig(retention, 1.0)
     with tempfile.TemporaryDirectory(prefix="counters-hot-ids-") as tmp:
         layout = Layout("Counter", Placement.SHARDED, 1)
         host = ObjectHost(Counter, "Counter.shard-0-of-1", tmp, layout, config, clock)
@@ -77,10 +76,10 @@ def main() -> None:
             print(f"{sent:>10,} {cpu:>12.1f} {rss_mib():>8.0f}")
         path = host._storage_dir.host_path(host.host_name)
         with sqlite3.connect(path) as db:
-            on_disk = db.execute("SELECT count(*) FROM applied").fetchone()[0]
+            on_disk = db.execute("SELECT count(*) FROM applied_ids").fetchone()[0]
         clock.now += 1.1  # idle past the timeout: the sweep passivates every counter
         host.sweep()
-        # An id from half the floor ago, beyond what memory holds: a client may still retry it.
+        # An id from half the floor ago, past the bound: a client may still retry it.
         old = sent - int(arguments.rate * arguments.floor / 2)
         name = name_of(old)
         started = time.perf_counter()

@@ -37,8 +37,7 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("max_actors_per_node", int, "live per-name actors at most; idle ones stop first"),
     ("max_objects_per_host", int, "objects a host keeps in memory at most"),
     ("id_retention", float, "seconds an operation id is remembered"),
-    ("max_ids_per_object", int, "operation ids remembered per object (past the retry window)"),
-    ("ids_in_memory_per_host", int, "operation ids a host holds in memory, the rest on disk"),
+    ("max_ids_per_host", int, "operation ids a host remembers on disk (past the retry window)"),
     ("access_log", bool, "log every request (costs throughput)"),
 ]
 

@@ -9,9 +9,10 @@ Lifecycle and failure semantics of a host:
   and the SQLite file opened on the first batch, and again on every batch until that succeeds: a
   storage dir that is missing, read-only or mismatched fails the operations with a clear error
   instead of killing the actor, and the host recovers by itself once the cause is gone.
-- `apply` runs the batch's operations one after another, each against its object's storage. An
-  operation that raises fails alone: its writes are dropped and its caller gets the error. An
-  operation whose id the object already applied is answered with the first result, no effect.
+- `apply` looks up the batch's operation ids on disk (`applied_log.py`), then runs its operations
+  one after another, each against its object's storage. An operation that raises fails alone:
+  its writes are dropped and its caller gets the error. An operation whose id the object already
+  applied is answered with the first result, no effect.
 - Then every kept write of the batch, and the ids of the operations that made them, are committed
   in one SQLite transaction (group commit), and only then are the outcomes returned. If the commit
   fails, every operation of the batch fails with StorageFailed and nothing of it is acknowledged
@@ -26,16 +27,14 @@ Lifecycle and failure semantics of a host:
 from __future__ import annotations
 
 import inspect
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from .applied_log import AppliedLog, AppliedOp, Retention
+from .applied_log import AppliedOp, Retention
 from .errors import (
     CountersError,
     IdempotencyKeyReused,
@@ -58,18 +57,14 @@ class HostConfig:
     retention: Retention = field(default_factory=Retention)
     idle_timeout: float = 60.0  # seconds an object stays in memory unused
     max_objects: int = 100_000  # objects in memory at most, least recently used dropped first
-    # Operation ids held in memory, shared among the objects in memory (the rest are on disk):
-    # about 210 bytes each. An object holds at least this divided by `max_objects`.
-    ids_in_memory: int = 1_000_000
 
 
 @dataclass(slots=True)
 class _Active:
-    """An object in memory: the instance, its storage and its applied ids."""
+    """An object in memory: the instance and its storage."""
 
     instance: Any
     storage: ObjectStorage
-    applied: AppliedLog
     last_used: float
 
 
@@ -109,48 +104,41 @@ class ObjectHost:
         except CountersError as error:
             return tuple(Outcome(error=error) for _ in operations)
         touched: dict[str, _Active] = {}
+        recorded: dict[tuple[str, str], AppliedOp] = {}  # this batch's ids, on disk at commit
         try:
-            evicted = self._look_up_evicted(operations, store)
+            seen = store.find_applied(
+                {
+                    (name, op_id)
+                    for name, _, _, op_id in operations
+                    if type(op_id) is str and type(name) is str
+                }
+            )
         except StorageFailed as error:
             return tuple(Outcome(error=error) for _ in operations)
         outcomes = tuple(
-            self._run(operation, store, touched, evicted, now) for operation in operations
+            self._run(operation, store, touched, seen, recorded, now) for operation in operations
         )
-        if not any(a.storage.has_staged() or a.applied.staged() for a in touched.values()):
+        if not recorded and not any(a.storage.has_staged() for a in touched.values()):
             return outcomes  # a batch of reads needs no commit
-        cap = self._ids_per_object()
-        expired = {name: active.applied.expired(now, cap) for name, active in touched.items()}
+        retention = self.config.retention
         try:
-            trimmed = [
-                (name, op_id)
-                for name, active in touched.items()
-                if active.applied.trim_due(now)
-                for op_id in self._trim(name, active.applied, store, now)
-            ]
+            forget = retention.forget_oldest(store.applied_count(), len(recorded), now)
             store.write(
                 changes=(
                     (name, key, text)
                     for name, active in touched.items()
                     for key, text in active.storage.staged()
                 ),
-                applied=(
-                    (name, op_id, applied)
-                    for name, active in touched.items()
-                    for op_id, applied in active.applied.staged()
-                ),
-                forgotten=chain(
-                    ((name, op_id) for name, (ids, _) in expired.items() for op_id in ids),
-                    trimmed,
-                ),
+                applied=((name, op_id, op) for (name, op_id), op in recorded.items()),
+                forget_oldest=forget if forget[0] else None,
             )
         except StorageFailed as error:
             for name in touched:
                 # The file may know better than our cache after a failed commit: reload it.
                 self._objects.pop(name, None)
             return tuple(Outcome(error=error) for _ in operations)
-        for name, active in touched.items():
+        for active in touched.values():
             active.storage.commit()
-            active.applied.commit(*expired[name])
         if len(self._objects) > self.config.max_objects:
             self.sweep()
         return outcomes
@@ -177,9 +165,7 @@ class ObjectHost:
         """Forget ids past the retention window on disk, objects in memory or not."""
         if self._store is None:
             return 0
-        horizon = self._clock() - self.config.retention.window
-        self._objects.clear()  # their logs in memory may hold what the disk just forgot
-        return self._store.forget_applied_before(horizon)
+        return self._store.forget_applied_before(self._clock() - self.config.retention.window)
 
     def idle_for(self) -> float:
         """Seconds since the last batch."""
@@ -198,29 +184,13 @@ class ObjectHost:
         # Ray's dashboard shows an actor's repr next to it.
         return f"{type(self).__name__}({self.host_name})"
 
-    def _look_up_evicted(
-        self, operations: Sequence[Operation], store: SqliteStore
-    ) -> dict[str, dict[str, AppliedOp]]:
-        """For objects whose ids are partly on disk only: which of the batch's ids they applied.
-
-        One query for the batch, rather than one per operation. Ids that memory holds are asked
-        too (only retries are): checking memory first would cost every operation a lookup more.
-        """
-        wanted: dict[str, list[str]] = {}
-        for name, _, _, op_id in operations:
-            if type(op_id) is not str or type(name) is not str:
-                continue
-            active = self._objects.get(name)
-            if active is not None and active.applied.partial:
-                wanted.setdefault(name, []).append(op_id)
-        return store.find_applied(wanted) if wanted else {}
-
     def _run(
         self,
         operation: Operation,
         store: SqliteStore,
         touched: dict[str, _Active],
-        evicted: dict[str, dict[str, AppliedOp]],
+        seen: dict[tuple[str, str], AppliedOp],
+        recorded: dict[tuple[str, str], AppliedOp],
         now: float,
     ) -> Outcome:
         # Unpacked, not read by field: the direct channel sends operations as plain tuples.
@@ -242,29 +212,17 @@ class ObjectHost:
         touched[name] = active
         request = ""
         if op_id is not None:
-            # One string per distinct request, shared by every record of it (interned): a host
-            # holds up to a million ids in memory, and a string each would cost 60 bytes more.
-            request = sys.intern(_request(method_name, args))
-            seen = active.applied.find(op_id)
-            if seen is None and active.applied.partial:
-                # Evicted from memory, not forgotten: looked up for the whole batch, or, for an
-                # object this batch brought into memory, now.
-                looked_up = evicted.get(name)
-                try:
-                    if looked_up is None:
-                        looked_up = store.find_applied({name: [op_id]})[name]
-                except StorageFailed as error:
-                    return Outcome(error=error)
-                seen = looked_up.get(op_id)
-            if seen is not None:
-                if seen.request != request:
+            request = _request(method_name, args)
+            first = recorded.get((name, op_id)) or seen.get((name, op_id))
+            if first is not None:
+                if first.request != request:
                     return Outcome(
                         error=IdempotencyKeyReused(
-                            f"operation id {op_id!r} was used for {seen.request}, "
+                            f"operation id {op_id!r} was used for {first.request}, "
                             f"not {request}; use a new id for a new operation"
                         )
                     )
-                return Outcome(value=decode_value(seen.result))
+                return Outcome(value=decode_value(first.result))
         try:
             value = method(*args)
         except CountersError as error:
@@ -280,29 +238,14 @@ class ObjectHost:
             )
         wrote = active.storage.end_operation(keep=True)
         if op_id is not None and wrote:
-            active.applied.stage(op_id, AppliedOp(now, request, encode_value(value)))
+            recorded[name, op_id] = AppliedOp(now, request, encode_value(value))
         return Outcome(value=value)
 
     def _activate(self, name: str, store: SqliteStore, now: float) -> _Active:
-        state, applied = store.load(name, self._ids_per_object())
-        storage = ObjectStorage(state)
-        # More ids than memory holds: none are loaded, and misses are looked up on disk.
-        log = AppliedLog(self.config.retention, applied or (), partial=applied is None)
-        active = _Active(self.object_class(storage), storage, log, now)
+        storage = ObjectStorage(store.load(name))
+        active = _Active(self.object_class(storage), storage, now)
         self._objects[name] = active
         return active
-
-    def _ids_per_object(self) -> int:
-        """How many ids an object may hold in memory: its share of the host's, at most the bound."""
-        share = max(1, self.config.ids_in_memory // max(1, len(self._objects)))
-        return min(share, self.config.retention.max_per_object)
-
-    def _trim(self, name: str, log: AppliedLog, store: SqliteStore, now: float) -> list[str]:
-        """One slice of a partial log's ids on disk to forget: see `applied_log.py`."""
-        # Read faster than the object adds ids, so each pass ends.
-        limit = 4 * len(log.staged()) + 16
-        rows = store.applied_after(name, log.trim_cursor(), limit)
-        return log.trim(rows, limit, now)
 
     def _method(self, instance: Any, name: str, args: tuple[Any, ...]) -> Callable[..., Any]:
         arity = self._arities.get(name)

@@ -46,8 +46,7 @@ class Settings:
     max_actors_per_node: int = 256
     max_objects_per_host: int = 10_000
     id_retention: float = 24 * 3600.0
-    max_ids_per_object: int = 10_000
-    ids_in_memory_per_host: int = 1_000_000
+    max_ids_per_host: int = 10_000_000
     access_log: bool = False
 
     def __post_init__(self) -> None:
@@ -64,8 +63,7 @@ class Settings:
         _check(self.max_actors_per_node >= 1, "max_actors_per_node", "at least 1")
         _check(self.max_objects_per_host >= 1, "max_objects_per_host", "at least 1")
         _check(self.id_retention > 0, "id_retention", "more than 0 seconds")
-        _check(self.max_ids_per_object >= 1, "max_ids_per_object", "at least 1")
-        _check(self.ids_in_memory_per_host >= 1, "ids_in_memory_per_host", "at least 1")
+        _check(self.max_ids_per_host >= 1, "max_ids_per_host", "at least 1")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -91,10 +89,9 @@ class Settings:
         # A retried id must still be known when the retry arrives: keep ids past any deadline.
         floor = max(120.0, 4 * self.deadline)
         return HostConfig(
-            retention=Retention(self.id_retention, self.max_ids_per_object, floor),
+            retention=Retention(self.id_retention, self.max_ids_per_host, floor),
             idle_timeout=self.idle_timeout,
             max_objects=self.max_objects_per_host,
-            ids_in_memory=self.ids_in_memory_per_host,
         )
 
     def layout(self, object_class: type) -> Layout:

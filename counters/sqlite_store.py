@@ -16,9 +16,8 @@ The contract, which every caller relies on:
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Set
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -56,6 +55,27 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        3,
+        # Ids in the order they were recorded, found by id: a batch appends its ids at the end
+        # of the table instead of one page per object (as keyed by object), which halved the
+        # cost of a commit spread over many objects and took the WAL checkpoints out of its
+        # tail (docs/benchmarks.md). The oldest ids are forgotten from the front.
+        """
+        CREATE TABLE applied_ids (
+            seq     INTEGER PRIMARY KEY,
+            op_id   TEXT NOT NULL,
+            object  TEXT NOT NULL,
+            at      REAL NOT NULL,
+            request TEXT NOT NULL,
+            result  TEXT NOT NULL
+        );
+        INSERT INTO applied_ids (op_id, object, at, request, result)
+            SELECT op_id, object, at, request, result FROM applied ORDER BY at;
+        DROP TABLE applied;
+        CREATE UNIQUE INDEX applied_ids_by_id ON applied_ids (op_id, object);
+        """,
+    ),
 )
 
 _UPSERT = (
@@ -63,20 +83,20 @@ _UPSERT = (
     "ON CONFLICT (object, key) DO UPDATE SET value = excluded.value"
 )
 _DELETE = "DELETE FROM kv WHERE object = ? AND key = ?"
-_RECORD = "INSERT INTO applied (object, op_id, at, request, result) VALUES (?, ?, ?, ?, ?)"
-_FORGET = "DELETE FROM applied WHERE object = ? AND op_id = ?"
-_FIND_ONE = "SELECT object, op_id, at, request, result FROM applied WHERE object = ? AND op_id IN"
+_RECORD = "INSERT INTO applied_ids (op_id, object, at, request, result) VALUES (?, ?, ?, ?, ?)"
+_FIND = "SELECT op_id, object, at, request, result FROM applied_ids WHERE op_id IN"
 _IN_LIST = 500  # ids bound in one IN list at most, well under SQLite's limit
-_FIND_MANY = (
-    "SELECT a.object, a.op_id, a.at, a.request, a.result FROM json_each(?) AS wanted "
-    "JOIN applied AS a ON a.object = json_extract(wanted.value, '$[0]') "
-    "AND a.op_id = json_extract(wanted.value, '$[1]')"
+# Each in a query of its own: SQLite reads one end of the table for a lone min() or max(),
+# and the whole of it for both in one.
+_COUNT = "SELECT (SELECT min(seq) FROM applied_ids), (SELECT max(seq) FROM applied_ids)"
+# Among the ids numbered [?, ?), the first recorded at or after a time: where forgetting stops.
+_FIRST_SINCE = (
+    "SELECT seq FROM applied_ids WHERE seq >= ? AND seq < ? AND at >= ? ORDER BY seq LIMIT 1"
 )
-_SLICE = "SELECT op_id, at FROM applied WHERE object = ? AND op_id > ? ORDER BY op_id LIMIT ?"
 
 Change = tuple[str, str, Any]  # (object, key, JSON text or DELETED)
 Applied = tuple[str, str, AppliedOp]  # (object, op_id, what it did)
-Forgotten = tuple[str, str]  # (object, op_id)
+Oldest = tuple[int, float]  # (at most this many of the oldest ids, those recorded before this)
 
 
 class SqliteStore:
@@ -104,67 +124,54 @@ class SqliteStore:
         row = self._db.execute("SELECT max(version) FROM schema_version").fetchone()
         return int(row[0] or 0)
 
-    def load(
-        self, object_name: str, max_applied: int
-    ) -> tuple[dict[str, str], list[tuple[str, AppliedOp]] | None]:
-        """One object's committed keys (as JSON text) and the operation ids it applied.
-
-        The ids are None when there are more than `max_applied`: reading them all could take
-        seconds for a hot object, and the caller looks them up on disk as it needs them.
-        """
+    def load(self, object_name: str) -> dict[str, str]:
+        """One object's committed keys, as JSON text."""
         try:
             rows = self._db.execute(
                 "SELECT key, value FROM kv WHERE object = ?", (object_name,)
             ).fetchall()
-            applied = self._db.execute(
-                "SELECT op_id, at, request, result FROM applied WHERE object = ? LIMIT ?",
-                (object_name, max_applied + 1),
-            ).fetchall()
         except sqlite3.Error as error:
             raise StorageFailed(f"cannot read storage {self.path}: {error}") from None
-        if len(applied) > max_applied:
-            return dict(rows), None
-        return dict(rows), [(op_id, AppliedOp(*rest)) for op_id, *rest in applied]
+        return dict(rows)
 
-    def find_applied(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, dict[str, AppliedOp]]:
-        """For each object, the records of those of its `wanted` ids it applied and remembers.
+    def find_applied(self, wanted: Set[tuple[str, str]]) -> dict[tuple[str, str], AppliedOp]:
+        """The records of those `wanted` (object, op_id) pairs that were applied and remembered.
 
-        One query for all of them: a batch spread over a thousand objects costs a thousand
-        queries the other way, and several times the time. (For one object, a plain ``IN``
-        is cheaper than decoding JSON: the hot counter's case.)
+        By id, a few hundred in one query: the index on (op_id, object) finds each in a few
+        page reads, and ids mostly belong to one object only, so the object is checked here.
         """
-        found: dict[str, dict[str, AppliedOp]] = {name: {} for name in wanted}
+        ids = list({op_id for _, op_id in wanted})
+        found: dict[tuple[str, str], AppliedOp] = {}
         try:
-            if len(wanted) == 1 and all(len(ids) <= _IN_LIST for ids in wanted.values()):
-                [(name, ids)] = wanted.items()
-                marks = ", ".join("?" * len(ids))
-                rows = self._db.execute(f"{_FIND_ONE} ({marks})", (name, *ids))
-            else:
-                pairs = [(name, op_id) for name, op_ids in wanted.items() for op_id in op_ids]
-                rows = self._db.execute(_FIND_MANY, (json.dumps(pairs),))
-            for name, op_id, *rest in rows:
-                found[name][op_id] = AppliedOp(*rest)
+            for start in range(0, len(ids), _IN_LIST):
+                chunk = ids[start : start + _IN_LIST]
+                marks = ", ".join("?" * len(chunk))
+                for op_id, name, *rest in self._db.execute(f"{_FIND} ({marks})", chunk):
+                    if (name, op_id) in wanted:
+                        found[name, op_id] = AppliedOp(*rest)
         except sqlite3.Error as error:
             raise StorageFailed(f"cannot read storage {self.path}: {error}") from None
         return found
 
-    def applied_after(self, object_name: str, after: str, limit: int) -> list[tuple[str, float]]:
-        """Up to `limit` of an object's operation ids after `after`, in key order, with ages."""
+    def applied_count(self) -> int:
+        """How many ids are remembered: exact, or more (ids may be forgotten out of order)."""
         try:
-            rows: list[tuple[str, float]] = self._db.execute(
-                _SLICE, (object_name, after, limit)
-            ).fetchall()
+            first, last = self._db.execute(_COUNT).fetchone()
         except sqlite3.Error as error:
             raise StorageFailed(f"cannot read storage {self.path}: {error}") from None
-        return rows
+        return 0 if first is None else last - first + 1
 
     def write(
         self,
         changes: Iterable[Change],
         applied: Iterable[Applied] = (),
-        forgotten: Iterable[Forgotten] = (),
+        forget_oldest: Oldest | None = None,
     ) -> None:
-        """Apply all of it in one durable transaction, or none of it and raise StorageFailed."""
+        """Apply all of it in one durable transaction, or none of it and raise StorageFailed.
+
+        `forget_oldest` forgets, after recording `applied`, up to that many of the oldest ids,
+        stopping at the first one recorded at or after the given time.
+        """
         upserts: list[tuple[str, str, str]] = []
         deletes: list[tuple[str, str]] = []
         for object_name, key, text in changes:
@@ -172,21 +179,17 @@ class SqliteStore:
                 deletes.append((object_name, key))
             else:
                 upserts.append((object_name, key, text))
-        records = [(name, op_id, a.at, a.request, a.result) for name, op_id, a in applied]
-        forgets = list(forgotten)
-        if not (upserts or deletes or records or forgets):
+        records = [(op_id, name, a.at, a.request, a.result) for name, op_id, a in applied]
+        if not (upserts or deletes or records or forget_oldest):
             return
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for sql, rows in (
-                    (_UPSERT, upserts),
-                    (_DELETE, deletes),
-                    (_FORGET, forgets),
-                    (_RECORD, records),
-                ):
+                for sql, rows in ((_UPSERT, upserts), (_DELETE, deletes), (_RECORD, records)):
                     if rows:
                         self._db.executemany(sql, rows)
+                if forget_oldest:
+                    self._forget_oldest(*forget_oldest)
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
@@ -200,13 +203,21 @@ class SqliteStore:
             ) from None
 
     def forget_applied_before(self, at: float) -> int:
-        """Forget every recorded operation id older than `at`; how many were forgotten."""
+        """Forget the oldest ids, up to the first recorded at or after `at`; how many."""
         try:
-            with self._db:
-                cursor = self._db.execute("DELETE FROM applied WHERE at < ?", (at,))
+            return self._forget_oldest(self.applied_count(), at)  # one DELETE: atomic alone
         except sqlite3.Error as error:
             raise StorageFailed(f"cannot sweep storage {self.path}: {error}") from None
-        return cursor.rowcount
+
+    def _forget_oldest(self, count: int, before: float) -> int:
+        # Ids are numbered in the order they were recorded, so the oldest are a range at the
+        # front of the table: one range delete, and the scan for its end reads only that range.
+        first, _ = self._db.execute(_COUNT).fetchone()
+        if first is None or count <= 0:
+            return 0
+        young = self._db.execute(_FIRST_SINCE, (first, first + count, before)).fetchone()
+        end = young[0] if young else first + count
+        return self._db.execute("DELETE FROM applied_ids WHERE seq < ?", (end,)).rowcount
 
     def close(self) -> None:
         self._db.close()

@@ -193,12 +193,6 @@ def test_an_id_is_matched_to_its_request_by_type_too(tmp_path: Path) -> None:
     assert host.call("A", "increment", 1, op_id="k") == 1
     assert host.call("A", "increment", 1, op_id="k2") == 2
     assert host.call("A", "get_counter_value") == 2
-    # The records of one request share its text: memory holds up to a million of them.
-    log = host._objects["A"].applied
-    first, second = log.find("k"), log.find("k2")
-    assert first is not None
-    assert second is not None
-    assert first.request is second.request
 
 
 def test_a_failed_operation_does_not_use_up_its_id(tmp_path: Path) -> None:
@@ -212,126 +206,49 @@ def test_a_failed_operation_does_not_use_up_its_id(tmp_path: Path) -> None:
 
 def applied_on_disk(storage_dir: Path, host: str = "h") -> set[str]:
     with sqlite3.connect(StorageDir(storage_dir).host_path(host)) as db:
-        return {op_id for (op_id,) in db.execute("SELECT op_id FROM applied")}
+        return {op_id for (op_id,) in db.execute("SELECT op_id FROM applied_ids")}
 
 
-def test_ids_expire_after_the_window_and_beyond_the_bound(tmp_path: Path) -> None:
-    clock = Clock()
-    retention = Retention(window=3600, max_per_object=3, floor=10)
-    host = ObjectHost(Counter, "h", str(tmp_path), LAYOUT, HostConfig(retention=retention), clock)
-    for i in range(5):
-        host.call("A", "increment", 1, op_id=f"k{i}")  # all within the floor: all kept
-        clock.now += 0.1
-    log = host._objects["A"].applied
-    assert len(log) == 3
-    assert log.partial
-    assert applied_on_disk(tmp_path) == {f"k{i}" for i in range(5)}
-    assert host.call("A", "increment", 1, op_id="k0") == 1  # looked up on disk: no effect
-    with pytest.raises(IdempotencyKeyReused):
-        host.call("A", "decrement", 1, op_id="k0")
-    clock.now += 11
-    host.call("A", "increment", 1, op_id="k5")
-    # Past the floor, ids beyond the bound go on disk too (k2, evicted by k5, at the next pass).
-    assert applied_on_disk(tmp_path) == {"k2", "k3", "k4", "k5"}
-    assert len(log) == 3
-    assert host.call("A", "increment", 1, op_id="k5") == 6
-    assert host.call("A", "increment", 1, op_id="k0") == 7  # forgotten: applied anew
-    clock.now += 3601
-    assert host.forget_expired_ids() >= 3
-    assert applied_on_disk(tmp_path) == set()
-
-
-def test_an_evicted_id_stays_on_disk_for_the_floor(tmp_path: Path) -> None:
-    clock = Clock()
-    retention = Retention(window=3600, max_per_object=3, floor=10)
-    host = ObjectHost(Counter, "h", str(tmp_path), LAYOUT, HostConfig(retention=retention), clock)
-    host.apply([Operation("A", "increment", (1,), f"old-{i}") for i in range(5)])
-    clock.now += 6
-    for i in range(5):  # new-0 and new-1 are beyond the bound: only the floor keeps them
-        host.call("A", "increment", 1, op_id=f"new-{i}")
-        clock.now += 0.1
-    clock.now += 6  # the old ids are past the floor, the new ones are not
-    host.call("A", "increment", 1, op_id="last")
-    assert applied_on_disk(tmp_path) == {f"new-{i}" for i in range(5)} | {"last"}
-    assert [host.call("A", "increment", 1, op_id=f"new-{i}") for i in range(5)] == [6, 7, 8, 9, 10]
-    assert host.call("A", "get_counter_value") == 11
-
-
-def test_a_hot_object_keeps_the_bound_in_memory_and_every_id_on_disk(tmp_path: Path) -> None:
-    clock = Clock()
-    retention = Retention(window=3600, max_per_object=50, floor=100)
-    config = HostConfig(retention=retention, idle_timeout=5)
-    host = ObjectHost(Counter, "h", str(tmp_path), LAYOUT, config, clock)
-    for first in range(0, 1000, 20):
-        batch = [Operation("hot", "increment", (1,), f"id-{i}") for i in range(first, first + 20)]
-        assert values(host.apply(batch)) == list(range(first + 1, first + 21))
-        assert len(host._objects["hot"].applied) <= 50
-        clock.now += 0.01
-    # Every id is still known: retried, each gets its first answer and changes nothing.
-    retried = host.apply([Operation("hot", "increment", (1,), f"id-{i}") for i in range(1000)])
-    assert values(retried) == list(range(1, 1001))
-    # Back from disk (passivated, then called), the object loads no ids, and still knows them.
-    clock.now += 6
-    assert host.sweep() == 1
-    assert host.call("hot", "increment", 1, op_id="id-3") == 4
-    log = host._objects["hot"].applied
-    assert len(log) == 0
-    assert log.partial
-    assert host.call("hot", "get_counter_value") == 1000
-    # Past the floor, the old ids on disk go, a slice per batch; the new ones beyond the bound
-    # stay on disk for the floor.
-    clock.now += 101
-    for first in range(1000, 1400, 20):
-        batch = [Operation("hot", "increment", (1,), f"id-{i}") for i in range(first, first + 20)]
-        host.apply(batch)
-        clock.now += 0.01
-    assert applied_on_disk(tmp_path) == {f"id-{i}" for i in range(1000, 1400)}
-    assert host.call("hot", "increment", 1, op_id="id-1000") == 1001
-    assert len(log) == 50
-    assert log.partial
-    # Past the floor again, the disk keeps only the ids within it.
-    clock.now += 101
-    for i in range(1400, 1500):  # single calls: each reads a short slice
-        host.call("hot", "increment", 1, op_id=f"id-{i}")
-        clock.now += 0.01
-    assert applied_on_disk(tmp_path) == {f"id-{i}" for i in range(1400, 1500)}
-    assert host.call("hot", "get_counter_value") == 1500
-
-
-def test_a_long_lived_object_keeps_few_ids_in_memory_and_the_bound_on_disk(
+def test_ids_are_forgotten_oldest_first_beyond_the_bound_and_after_the_window(
     tmp_path: Path,
 ) -> None:
     clock = Clock()
-    retention = Retention(window=3600, max_per_object=40, floor=10)
-    config = HostConfig(retention=retention, ids_in_memory=4)
-    host = ObjectHost(Counter, "h", str(tmp_path), LAYOUT, config, clock)
-    for i in range(200):  # an increment a second: past the floor, only the bound protects ids
-        assert host.call("A", "increment", 1, op_id=f"id-{i}") == i + 1
-        assert len(host._objects["A"].applied) <= 4
-        clock.now += 1
-    on_disk = applied_on_disk(tmp_path)
-    assert on_disk >= {f"id-{i}" for i in range(160, 200)}  # the newest 40
-    assert len(on_disk) <= 40 + 40 // 4 + 2  # forgotten a quarter of the bound at a time
-    retried = host.apply([Operation("A", "increment", (1,), f"id-{i}") for i in range(160, 200)])
-    assert values(retried) == list(range(161, 201))
-    assert host.call("A", "increment", 1, op_id="id-0") == 201  # long forgotten: a new one
+    retention = Retention(window=3600, max_ids=5, floor=10)
+    host = ObjectHost(Counter, "h", str(tmp_path), LAYOUT, HostConfig(retention=retention), clock)
+    for i in range(8):
+        host.call("AB"[i % 2], "increment", 1, op_id=f"k{i}")  # all within the floor: all kept
+        clock.now += 0.1
+    assert applied_on_disk(tmp_path) == {f"k{i}" for i in range(8)}
+    assert [host.call("AB"[i % 2], "increment", 1, op_id=f"k{i}") for i in range(8)] == [
+        1, 1, 2, 2, 3, 3, 4, 4
+    ]  # fmt: skip
+    with pytest.raises(IdempotencyKeyReused):
+        host.call("A", "decrement", 1, op_id="k0")
+    clock.now += 11  # past the floor: the oldest beyond the bound go, whatever their object
+    host.call("A", "increment", 1, op_id="k8")
+    assert applied_on_disk(tmp_path) == {"k4", "k5", "k6", "k7", "k8"}
+    assert host.call("A", "increment", 1, op_id="k8") == 5
+    assert host.call("A", "increment", 1, op_id="k0") == 6  # forgotten: applied anew
+    clock.now += 3601
+    assert host.forget_expired_ids() == 5
+    assert applied_on_disk(tmp_path) == set()
 
 
-def test_objects_share_the_hosts_memory_for_ids(tmp_path: Path) -> None:
-    config = HostConfig(ids_in_memory=100)
-    host = ObjectHost(Counter, "h", str(tmp_path), LAYOUT, config, Clock())
-    host.apply([Operation("A", "increment", (1,), f"A-{i}") for i in range(300)])
-    assert len(host._objects["A"].applied) == 100  # alone, it has all of it
-    for round_ in range(3):
-        host.apply(
-            [
-                Operation(n, "increment", (1,), f"{n}-{round_}-{i}")
-                for n in "ABCD"
-                for i in range(30)
-            ]
-        )
-    assert [len(host._objects[n].applied) for n in "ABCD"] == [25, 25, 25, 25]
-    assert [host.call(n, "increment", 1, op_id=f"{n}-0-0") for n in "BCD"] == [1, 1, 1]
+def test_a_hot_object_knows_every_id_in_memory_or_not(tmp_path: Path) -> None:
+    clock = Clock()
+    host = ObjectHost(Counter, "h", str(tmp_path), LAYOUT, HostConfig(idle_timeout=5), clock)
+    for first in range(0, 1000, 20):
+        batch = [Operation("hot", "increment", (1,), f"id-{i}") for i in range(first, first + 20)]
+        assert values(host.apply(batch)) == list(range(first + 1, first + 21))
+        clock.now += 0.01
+    # Every id is known: retried, each gets its first answer and changes nothing.
+    retried = host.apply([Operation("hot", "increment", (1,), f"id-{i}") for i in range(1000)])
+    assert values(retried) == list(range(1, 1001))
+    # Back from disk (passivated, then called), it still knows them.
+    clock.now += 6
+    assert host.sweep() == 1
+    assert host.call("hot", "increment", 1, op_id="id-3") == 4
+    assert host.call("hot", "get_counter_value") == 1000
 
 
 def test_idle_objects_are_passivated_and_reload(tmp_path: Path) -> None:
@@ -377,22 +294,21 @@ Step = tuple[str, int]
 )
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @pytest.mark.parametrize(
-    "retention_and_memory",
-    [(Retention(window=100, max_per_object=4, floor=10), 100), (Retention(100, 8, 10), 4)],
-    ids=["all-in-memory", "few-in-memory"],
+    "retention",
+    [Retention(window=100, max_ids=4, floor=10), Retention(window=100, max_ids=8, floor=10)],
+    ids=["4-ids", "8-ids"],
 )
 def test_an_id_is_never_applied_twice_while_it_must_be_remembered(
-    retention_and_memory: tuple[Retention, int], steps: list[Step]
+    retention: Retention, steps: list[Step]
 ) -> None:
     """Against a model: every retry of an id the retention promises is answered, not applied."""
-    retention, ids_in_memory = retention_and_memory
     clock = Clock()
     with tempfile.TemporaryDirectory() as tmp:
-        config = HostConfig(retention=retention, idle_timeout=1, ids_in_memory=ids_in_memory)
+        config = HostConfig(retention=retention, idle_timeout=1)
         host = ObjectHost(Counter, "h", tmp, LAYOUT, config, clock)
         applied: dict[str, tuple[str, float, int]] = {}  # id -> (object, at, first answer)
         counts = {"A": 0, "B": 0}
-        # Then ids that only the bound protects: made, left past the floor, then passes run.
+        # Then ids that only the bound protects: made, then left past the floor.
         tail = [("new", 2), ("wait", 1)] * 8 + [("wait", 30), ("new", 0), ("wait", 1), ("new", 1)]
         tail.append(("retry", 0))
         for kind, n in steps + tail:
@@ -413,8 +329,6 @@ def test_an_id_is_never_applied_twice_while_it_must_be_remembered(
             elif kind == "passivate":
                 clock.now += 1.5
                 host.sweep()
-            for active in host._objects.values():
-                assert len(active.applied) <= min(retention.max_per_object, ids_in_memory)
         for name, count in counts.items():
             assert host.call(name, "get_counter_value") == count
 
@@ -422,9 +336,9 @@ def test_an_id_is_never_applied_twice_while_it_must_be_remembered(
 def _must_remember(
     op_id: str, applied: dict[str, tuple[str, float, int]], now: float, retention: Retention
 ) -> bool:
-    name, at, _ = applied[op_id]
+    _, at, _ = applied[op_id]
     if now - at <= retention.floor:
         return True
-    # Among the newest `max_per_object` of its object, counting ids of the same age as newer.
-    newer = sum(1 for other, other_at, _ in applied.values() if other == name and other_at >= at)
-    return newer <= retention.max_per_object and now - at <= retention.window
+    # Among the host's newest `max_ids`, counting ids of the same age as newer.
+    newer = sum(1 for _, other_at, _ in applied.values() if other_at >= at)
+    return newer <= retention.max_ids and now - at <= retention.window
