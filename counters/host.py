@@ -162,7 +162,7 @@ class ObjectHost:
         return dropped
 
     def forget_expired_ids(self) -> int:
-        """Forget ids past the retention window on disk, objects in memory or not."""
+        """Forget the ids past the retention window; how many."""
         if self._store is None:
             return 0
         return self._store.forget_applied_before(self._clock() - self.config.retention.window)

@@ -47,3 +47,15 @@ def test_op_ids_bench_runs_and_answers_a_retry_once() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "retried: answered once" in result.stdout, result.stdout
     assert re.search(r"^ +8,000 +[\d.]+ +\d+$", result.stdout, re.MULTILINE), result.stdout
+
+
+def test_id_layout_bench_compares_both_layouts() -> None:
+    id_layout = BENCH.parent / "id_layout.py"
+    arguments = ["--names", "200", "--ids", "2000", "--batch", "8", "--commits", "200"]
+    result = subprocess.run(
+        [sys.executable, str(id_layout), *arguments], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for layout in ("by counter", "recorded"):
+        assert re.search(rf"^{layout} +[\d.]+ +[\d.]+ +[\d.]+$", result.stdout, re.M), result.stdout
+    assert re.search(r"^recorded is [\d.]+ x as fast", result.stdout, re.M), result.stdout
