@@ -39,23 +39,22 @@ def test_benchmark_smoke_run_prints_its_table() -> None:
 
 
 def test_op_ids_bench_runs_and_answers_a_retry_once() -> None:
-    op_ids = BENCH.parent / "op_ids.py"
     arguments = ["--increments", "8000", "--rate", "1000", "--floor", "2", "--max-ids", "100"]
-    result = subprocess.run(
-        [sys.executable, str(op_ids), *arguments], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "retried: answered once" in result.stdout, result.stdout
-    assert re.search(r"^ +8,000 +[\d.]+ +\d+$", result.stdout, re.MULTILINE), result.stdout
+    out = run_bench("op_ids.py", *arguments)
+    assert "retried: answered once" in out, out
+    assert re.search(r"^ +8,000 +[\d.]+ +\d+$", out, re.MULTILINE), out
 
 
 def test_id_layout_bench_compares_both_layouts() -> None:
-    id_layout = BENCH.parent / "id_layout.py"
-    arguments = ["--names", "200", "--ids", "2000", "--batch", "8", "--commits", "200"]
-    result = subprocess.run(
-        [sys.executable, str(id_layout), *arguments], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    out = run_bench("id_layout.py", "--names", "200", "--ids", "2000", "--commits", "200")
     for layout in ("by counter", "recorded"):
-        assert re.search(rf"^{layout} +[\d.]+ +[\d.]+ +[\d.]+$", result.stdout, re.M), result.stdout
-    assert re.search(r"^recorded is [\d.]+ x as fast", result.stdout, re.M), result.stdout
+        assert re.search(rf"^{layout} +[\d.]+ +[\d.]+ +[\d.]+$", out, re.MULTILINE), out
+    assert re.search(r"^recorded is [\d.]+ x as fast", out, re.MULTILINE), out
+
+
+def run_bench(script: str, *arguments: str) -> str:
+    """A bench script's output, once it exited cleanly."""
+    command = [sys.executable, str(BENCH.parent / script), *arguments]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
