@@ -120,9 +120,7 @@ class ObjectHost:
         )
         if not recorded and not any(a.storage.has_staged() for a in touched.values()):
             return outcomes  # a batch of reads needs no commit
-        retention = self.config.retention
         try:
-            forget = retention.forget_oldest(store.applied_count(), len(recorded), now)
             store.write(
                 changes=(
                     (name, key, text)
@@ -130,7 +128,9 @@ class ObjectHost:
                     for key, text in active.storage.staged()
                 ),
                 applied=((name, op_id, op) for (name, op_id), op in recorded.items()),
-                forget_oldest=forget if forget[0] else None,
+                forget_oldest=self.config.retention.forget_oldest(
+                    store.applied_count(), len(recorded), now
+                ),
             )
         except StorageFailed as error:
             for name in touched:

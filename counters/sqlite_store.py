@@ -17,7 +17,8 @@ The contract, which every caller relies on:
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Set
+from collections.abc import Iterable, Iterator, Set
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -126,12 +127,10 @@ class SqliteStore:
 
     def load(self, object_name: str) -> dict[str, str]:
         """One object's committed keys, as JSON text."""
-        try:
+        with self._failing("read"):
             rows = self._db.execute(
                 "SELECT key, value FROM kv WHERE object = ?", (object_name,)
             ).fetchall()
-        except sqlite3.Error as error:
-            raise StorageFailed(f"cannot read storage {self.path}: {error}") from None
         return dict(rows)
 
     def find_applied(self, wanted: Set[tuple[str, str]]) -> dict[tuple[str, str], AppliedOp]:
@@ -142,23 +141,19 @@ class SqliteStore:
         """
         ids = list({op_id for _, op_id in wanted})
         found: dict[tuple[str, str], AppliedOp] = {}
-        try:
+        with self._failing("read"):
             for start in range(0, len(ids), _IN_LIST):
                 chunk = ids[start : start + _IN_LIST]
                 marks = ", ".join("?" * len(chunk))
                 for op_id, name, *rest in self._db.execute(f"{_FIND} ({marks})", chunk):
                     if (name, op_id) in wanted:
                         found[name, op_id] = AppliedOp(*rest)
-        except sqlite3.Error as error:
-            raise StorageFailed(f"cannot read storage {self.path}: {error}") from None
         return found
 
     def applied_count(self) -> int:
         """How many ids are remembered: exact, or more (ids may be forgotten out of order)."""
-        try:
+        with self._failing("read"):
             first, last = self._db.execute(_COUNT).fetchone()
-        except sqlite3.Error as error:
-            raise StorageFailed(f"cannot read storage {self.path}: {error}") from None
         return 0 if first is None else last - first + 1
 
     def write(
@@ -169,8 +164,8 @@ class SqliteStore:
     ) -> None:
         """Apply all of it in one durable transaction, or none of it and raise StorageFailed.
 
-        `forget_oldest` forgets, after recording `applied`, up to that many of the oldest ids,
-        stopping at the first one recorded at or after the given time.
+        `forget_oldest` forgets, after recording `applied`, up to that many of the oldest ids
+        (none for 0), stopping at the first one recorded at or after the given time.
         """
         upserts: list[tuple[str, str, str]] = []
         deletes: list[tuple[str, str]] = []
@@ -180,7 +175,8 @@ class SqliteStore:
             else:
                 upserts.append((object_name, key, text))
         records = [(op_id, name, a.at, a.request, a.result) for name, op_id, a in applied]
-        if not (upserts or deletes or records or forget_oldest):
+        forgets = forget_oldest is not None and forget_oldest[0] > 0
+        if not (upserts or deletes or records or forgets):
             return
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -188,7 +184,7 @@ class SqliteStore:
                 for sql, rows in ((_UPSERT, upserts), (_DELETE, deletes), (_RECORD, records)):
                     if rows:
                         self._db.executemany(sql, rows)
-                if forget_oldest:
+                if forget_oldest is not None:
                     self._forget_oldest(*forget_oldest)
                 self._db.execute("COMMIT")
             except BaseException:
@@ -204,20 +200,28 @@ class SqliteStore:
 
     def forget_applied_before(self, at: float) -> int:
         """Forget the oldest ids, up to the first recorded at or after `at`; how many."""
-        try:
+        with self._failing("sweep"):
             return self._forget_oldest(self.applied_count(), at)  # one DELETE: atomic alone
-        except sqlite3.Error as error:
-            raise StorageFailed(f"cannot sweep storage {self.path}: {error}") from None
 
     def _forget_oldest(self, count: int, before: float) -> int:
         # Ids are numbered in the order they were recorded, so the oldest are a range at the
         # front of the table: one range delete, and the scan for its end reads only that range.
+        if count <= 0:
+            return 0
         first, _ = self._db.execute(_COUNT).fetchone()
-        if first is None or count <= 0:
+        if first is None:
             return 0
         young = self._db.execute(_FIRST_SINCE, (first, first + count, before)).fetchone()
         end = young[0] if young else first + count
         return self._db.execute("DELETE FROM applied_ids WHERE seq < ?", (end,)).rowcount
+
+    @contextmanager
+    def _failing(self, doing: str) -> Iterator[None]:
+        """SQLite's errors, as the StorageFailed every caller handles."""
+        try:
+            yield
+        except sqlite3.Error as error:
+            raise StorageFailed(f"cannot {doing} storage {self.path}: {error}") from None
 
     def close(self) -> None:
         self._db.close()
