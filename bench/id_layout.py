@@ -19,25 +19,25 @@ import sqlite3
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-BY_COUNTER = """
-CREATE TABLE applied (object TEXT NOT NULL, op_id TEXT NOT NULL, at REAL NOT NULL,
-    request TEXT NOT NULL, result TEXT NOT NULL, PRIMARY KEY (object, op_id)) WITHOUT ROWID
-"""
-RECORDED = """
-CREATE TABLE applied (seq INTEGER PRIMARY KEY, op_id TEXT NOT NULL, object TEXT NOT NULL,
-    at REAL NOT NULL, request TEXT NOT NULL, result TEXT NOT NULL);
-CREATE UNIQUE INDEX applied_by_id ON applied (op_id, object)
-"""
-KV = """
-CREATE TABLE kv (object TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
-    PRIMARY KEY (object, key)) WITHOUT ROWID
-"""
-UPSERT = (
-    "INSERT INTO kv (object, key, value) VALUES (?, 'value', ?) "
-    "ON CONFLICT (object, key) DO UPDATE SET value = excluded.value"
-)
-RECORD = "INSERT INTO applied (object, op_id, at, request, result) VALUES (?, ?, ?, ?, ?)"
+from counters.sqlite_store import _FIND, _RECORD, _UPSERT, MIGRATIONS
+
+# The statements the store runs on the current layout, and the one it ran on the old.
+RECORD = {
+    "by counter": "INSERT INTO applied (object, op_id, at, request, result) VALUES (?, ?, ?, ?, ?)",
+    "recorded": _RECORD,  # (op_id, object, ...)
+}
+
+
+def create(db: sqlite3.Connection, layout: str) -> None:
+    """The store's own migrations: up to 2 for the layout by counter, all for the current."""
+    for version, sql in MIGRATIONS:
+        if layout == "by counter" and version > 2:
+            break
+        for statement in sql.split(";"):
+            if statement.strip():
+                db.execute(statement)
 
 
 def run(layout: str, path: Path, arguments: argparse.Namespace) -> tuple[float, float, float]:
@@ -45,16 +45,14 @@ def run(layout: str, path: Path, arguments: argparse.Namespace) -> tuple[float, 
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
-    db.executescript(KV + ";" + (RECORDED if layout == "recorded" else BY_COUNTER))
+    create(db, layout)
     names = [f"n{i}" for i in range(arguments.names)]
     ids = (f"gJ3x9Qa{n:x}" for n in range(10**12))  # as a client makes them: prefix, counter
     db.execute("BEGIN")
-    db.executemany(UPSERT, [(name, "5") for name in names])
+    db.executemany(_UPSERT, [(name, "value", "5") for name in names])
     now = time.time()
-    old = (
-        (random.choice(names), next(ids), now, "increment(1)", "5") for _ in range(arguments.ids)
-    )
-    db.executemany(RECORD, old)
+    old = ((random.choice(names), next(ids)) for _ in range(arguments.ids))
+    db.executemany(RECORD[layout], (order(layout, *pair, now, "5") for pair in old))
     db.execute("COMMIT")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     commits: list[float] = []
@@ -64,14 +62,15 @@ def run(layout: str, path: Path, arguments: argparse.Namespace) -> tuple[float, 
             batch = [names[0]] * arguments.batch
         else:
             batch = random.sample(names, arguments.batch)
-        records = [(name, next(ids), time.time(), "increment(1)", str(n)) for name in batch]
+        pairs = [(name, next(ids)) for name in batch]
+        records = [order(layout, *pair, time.time(), str(n)) for pair in pairs]
         begun = time.perf_counter()
-        if layout == "recorded":
-            marks = ", ".join("?" * len(records))
-            db.execute(f"SELECT * FROM applied WHERE op_id IN ({marks})", [r[1] for r in records])
+        if layout == "recorded":  # the host looks the batch's ids up first
+            marks = ", ".join("?" * len(pairs))
+            db.execute(f"{_FIND} ({marks})", [op_id for _, op_id in pairs]).fetchall()
         db.execute("BEGIN IMMEDIATE")
-        db.executemany(UPSERT, [(name, str(n)) for name in dict.fromkeys(batch)])
-        db.executemany(RECORD, records)
+        db.executemany(_UPSERT, [(name, "value", str(n)) for name in dict.fromkeys(batch)])
+        db.executemany(RECORD[layout], records)
         db.execute("COMMIT")
         commits.append(time.perf_counter() - begun)
     elapsed = time.perf_counter() - started
@@ -79,6 +78,12 @@ def run(layout: str, path: Path, arguments: argparse.Namespace) -> tuple[float, 
     commits.sort()
     per_increment = elapsed / (arguments.commits * arguments.batch) * 1e6
     return per_increment, commits[len(commits) // 2] * 1e3, commits[len(commits) * 99 // 100] * 1e3
+
+
+def order(layout: str, name: str, op_id: str, at: float, result: str) -> tuple[Any, ...]:
+    """A record's values in the order of its layout's statement."""
+    first = (name, op_id) if layout == "by counter" else (op_id, name)
+    return (*first, at, "increment(1)", result)
 
 
 def main() -> None:
