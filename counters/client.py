@@ -126,8 +126,7 @@ class Namespace:
         lane = self._lanes.get(host)
         if lane is None or lane.loop is not loop:
             lane = self._lanes[host] = _Lane(self, host, loop)
-        self._last_used[host] = time.monotonic()
-        return lane.submit(operation, loop.time() + self.settings.deadline)
+        return lane.submit(operation)
 
     def call_blocking(self, operation: Operation) -> Any:
         """`call` for scripts: one round trip per call, no coalescing, the same retries."""
@@ -180,11 +179,21 @@ class Namespace:
             self._forget_placement(host)
             ray.kill(handle, no_restart=True)
 
-    async def send(self, host: str, operations: Sequence[Operation]) -> Results:
-        """One call to `host` carrying `operations`; raises OutcomeUnknown if the host was lost.
+    def send(self, host: str, operations: Sequence[Operation]) -> asyncio.Future[Results]:
+        """One call to `host` carrying `operations`: a future of their results, or of
+        OutcomeUnknown if the host was lost.
 
         By the host's direct channel when it runs on this node (see `channel.py`), else by Ray.
+        An open channel takes the batch at once: no task, no coroutine (this is once per batch
+        on the gateway's hot path).
         """
+        self._last_used[host] = time.monotonic()
+        channel = self._channels.get(host)
+        if channel is not None and channel.is_open and channel.loop is asyncio.get_running_loop():
+            return channel.call(operations)
+        return asyncio.ensure_future(self._send(host, operations))
+
+    async def _send(self, host: str, operations: Sequence[Operation]) -> Results:
         handle = self._handles.get(host)
         if handle is None:
             handle = await asyncio.to_thread(self.handle, host)
@@ -343,36 +352,43 @@ class _Lane:
     Deadlines and retries are kept here, per batch rather than per operation (a timer or a
     task per request costs more than the rest of the request): while a call is in flight, the
     lane wakes at the earliest deadline among the operations it holds and fails those whose
-    time is up; when the host is lost, the operations go back to the front of the queue and
-    leave again after a backoff, with their ids, until their deadlines.
+    time is up; when the host is lost, the operations go back into the queue and leave again
+    after a backoff, with their ids, until their deadlines. Every operation gets the same time
+    from its submission, so the queue and every batch are in deadline order as well as in
+    submission order: the earliest deadline is at the front, and those whose time is up are a
+    prefix, so a batch costs the same whatever its size (this runs once per batch on the
+    gateway's hot path).
     """
 
     def __init__(self, namespace: Namespace, host: str, loop: asyncio.AbstractEventLoop) -> None:
         self.namespace = namespace
         self.host = host
         self.loop = loop
-        self._waiting: list[_Entry] = []
+        settings = namespace.settings
+        self._deadline = settings.deadline
+        self._max_batch = settings.max_batch
+        self._max_queue = settings.max_queue
+        self._max_in_flight = settings.max_in_flight
+        self._waiting: list[_Entry] = []  # in submission order, which is deadline order
         self._senders = 0  # calls in flight to the host, at most max_in_flight
         # Operations waiting that make a second call in flight worth it (see the class).
-        self._pipeline_at = max(1, namespace.settings.max_batch // 16)
+        self._pipeline_at = max(1, settings.max_batch // 16)
         self._backoff = _FIRST_BACKOFF
         # Strong references: the event loop keeps only weak ones to running tasks.
         self._tasks: set[asyncio.Future[Any]] = set()
 
-    def submit(self, operation: Operation, deadline: float) -> asyncio.Future[Any]:
+    def submit(self, operation: Operation) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = self.loop.create_future()
-        if len(self._waiting) >= self.namespace.settings.max_queue:
+        waiting = self._waiting
+        if len(waiting) >= self._max_queue:
             future.set_exception(
                 Overloaded(
-                    f"{len(self._waiting)} operations already wait for host {self.host}; "
-                    "retry shortly"
+                    f"{len(waiting)} operations already wait for host {self.host}; retry shortly"
                 )
             )
             return future
-        self._waiting.append((operation, future, deadline))
-        if self._senders == 0 or (
-            self._senders < self.namespace.settings.max_in_flight and self._pipelined()
-        ):
+        waiting.append((operation, future, self.loop.time() + self._deadline))
+        if self._senders == 0 or (self._senders < self._max_in_flight and self._pipelined()):
             self._senders += 1
             self._keep(self.loop.create_task(self._drain()))
         return future
@@ -388,9 +404,11 @@ class _Lane:
         try:
             # A sender alone goes on while anything waits; one of several only while enough do.
             while self._waiting and (self._senders == 1 or self._pipelined()):
-                limit = self.namespace.settings.max_batch
-                batch, self._waiting = self._waiting[:limit], self._waiting[limit:]
-                self._expire(batch)
+                batch, self._waiting = (
+                    self._waiting[: self._max_batch],
+                    self._waiting[self._max_batch :],
+                )
+                self._expire(batch, self.loop.time())
                 # A caller that gave up before its operation left is not sent: nobody awaits it.
                 batch = [entry for entry in batch if not entry[1].done()]
                 if batch:
@@ -399,21 +417,24 @@ class _Lane:
             self._senders -= 1
 
     async def _send(self, batch: list[_Entry]) -> None:
-        call = self.loop.create_task(self.namespace.send(self.host, [op for op, _, _ in batch]))
+        call = self.namespace.send(self.host, [op for op, _, _ in batch])
         self._keep(call)
         while not call.done():
-            pending = [entry for entry in batch if not entry[1].done()]
-            if not pending:
+            now = self.loop.time()
+            self._expire(batch, now)
+            self._waiting = self._expire(self._waiting, now)
+            # The earliest deadline among the callers still waiting, on this call or after it.
+            earliest = next((deadline for _, future, deadline in batch if not future.done()), None)
+            if earliest is None:
                 # Every caller's time is up: stop waiting. The call may still land; its ids
                 # make a retry safe. Consume its result so nothing is logged as lost.
                 call.add_done_callback(lambda done: done.cancelled() or done.exception())
                 return
-            earliest = min(deadline for _, _, deadline in pending + self._waiting)
-            await asyncio.wait({call}, timeout=max(0.0, earliest - self.loop.time()))
-            self._expire(batch)
-            self._expire(self._waiting)
+            if self._waiting:
+                earliest = min(earliest, self._waiting[0][2])
+            await _done_or_time(call, earliest, self.loop)
         try:
-            outcomes = call.result()
+            values, errors = call.result()
         except _RETRYABLE as error:
             await self._retry_later(batch, error)
             return
@@ -423,7 +444,6 @@ class _Lane:
                     future.set_exception(error)
             raise
         self._backoff = _FIRST_BACKOFF
-        values, errors = outcomes
         for index, ((_, future, _), value) in enumerate(zip(batch, values, strict=True)):
             if future.done():
                 continue
@@ -448,13 +468,44 @@ class _Lane:
                 future.set_exception(self.namespace.gave_up(operation, error))
         if again:
             await asyncio.sleep(backoff)
-            self._waiting[:0] = again
+            # Back in submission order among the others waiting, which may include another
+            # batch that came back before this older one (a stable sort of two sorted runs).
+            self._waiting = sorted(again + self._waiting, key=_deadline)
 
-    def _expire(self, entries: list[_Entry]) -> None:
-        now = self.loop.time()
-        for operation, future, deadline in entries:
-            if deadline <= now and not future.done():
+    def _expire(self, entries: list[_Entry], now: float) -> list[_Entry]:
+        """Fail the operations whose time is up (a prefix of `entries`); the others."""
+        for index, (operation, future, deadline) in enumerate(entries):
+            if deadline > now:
+                return entries[index:] if index else entries
+            if not future.done():
                 future.set_exception(self.namespace.gave_up(operation, None))
+        return []
+
+
+async def _done_or_time(
+    call: asyncio.Future[Any], when: float, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Wait until `call` is done or the loop's clock reaches `when`, whichever comes first.
+
+    `asyncio.wait` does the same for a set of awaitables, at several times the cost.
+    """
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    timer = loop.call_at(when, wake)
+    call.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        call.remove_done_callback(wake)
+
+
+def _deadline(entry: _Entry) -> float:
+    return entry[2]
 
 
 _Entry = tuple[Operation, "asyncio.Future[Any]", float]
