@@ -34,7 +34,8 @@ from aiohttp import HttpVersion11, web
 
 from counters.client import Namespace, new_op_id
 from counters.errors import CountersError, InvalidInput, InvalidName
-from counters.validation import parse_amount
+from counters.operations import Operation
+from counters.validation import parse_amount, validate_name
 
 from .query import QueryParams
 
@@ -118,11 +119,13 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    # The handlers call `Namespace.call` with the operation rather than a stub's method: the
+    # same operation, one coroutine less per request.
+
     async def _read(self, request: web.BaseRequest) -> web.StreamResponse:
         _allow(request, READ_METHODS)
-        params = await _params(request)
-        name = _name(params)
-        count = await self.namespace.get_by_name(name).get_counter_value()
+        name = _name(QueryParams(request.rel_url.raw_query_string))
+        count = await self.namespace.call(Operation(name, "get_counter_value"))
         return _count_response(request, name, count)
 
     def _changer(self, method: str) -> Handler:
@@ -133,9 +136,7 @@ class Gateway:
             amount_text = params.first("amount")
             amount = 1 if amount_text is None else parse_amount(amount_text)
             op_id = request[OP_ID] = _idempotency_key(request) or new_op_id()
-            stub = self.namespace.get_by_name(name)
-            rpc = stub.increment if method == "increment" else stub.decrement
-            count = await rpc(amount, op_id=op_id)
+            count = await self.namespace.call(Operation(name, method, (amount,), op_id))
             return _count_response(request, name, count)
 
         return change
@@ -185,11 +186,11 @@ async def _params(request: web.BaseRequest) -> QueryParams:
 
 
 def _name(params: QueryParams) -> str:
-    """The first `name`; the example's message if there is none (get_by_name checks the rest)."""
+    """The first `name`, valid; the example's message if there is none."""
     name = params.first("name")
     if not name:
         raise InvalidName(NO_NAME)
-    return name
+    return validate_name(name)
 
 
 def _count_response(request: web.BaseRequest, name: str, count: int) -> web.StreamResponse:
@@ -217,6 +218,4 @@ def _respond(
             content_type="application/json",
             headers=headers,
         )
-    return web.Response(
-        status=status, text=text, content_type="text/plain", charset="utf-8", headers=headers
-    )
+    return web.Response(status=status, text=text, headers=headers)  # text/plain; charset=utf-8
