@@ -19,8 +19,9 @@ import pytest
 import ray
 from aiohttp.test_utils import TestClient
 
-from counters.client import Namespace
+from counters.client import Namespace, new_op_id
 from counters.errors import CountersError, HostUnavailable, Overloaded
+from counters.operations import Operation
 from counters.placement import Placement
 from counters.testing import host_processes
 from tests.functional.conftest import NamespaceFactory, gateway_server
@@ -119,6 +120,28 @@ async def test_an_unreachable_host_is_503_within_the_deadline(
     assert loop.time() - started < 10
     with pytest.raises(HostUnavailable, match="retry with the same operation id"):
         await asyncio.to_thread(namespace.get_by_name("A").blocking.increment)
+
+
+async def test_operations_behind_a_call_that_never_returns_fail_at_their_own_deadlines(
+    make_namespace: NamespaceFactory,
+) -> None:
+    # The host can never start: the first call leaves and is never answered.
+    namespace = make_namespace(deadline=1.0, host_resource="no_such_node")
+    loop = asyncio.get_running_loop()
+
+    def increment() -> asyncio.Future[Any]:
+        return namespace.call(Operation("A", "increment", (1,), new_op_id()))
+
+    first = increment()
+    await asyncio.sleep(0.5)
+    later = [increment() for _ in range(3)]  # they wait behind the call in flight
+    later_due = loop.time() + 1.0
+    with pytest.raises(HostUnavailable, match="deadline"):
+        await first
+    assert loop.time() < later_due  # the first failed at its deadline, not with the others
+    results = await asyncio.gather(*later, return_exceptions=True)
+    assert loop.time() >= later_due  # and the others not before theirs
+    assert all(isinstance(result, HostUnavailable) for result in results), results
 
 
 async def test_overload_answers_at_once_and_drops_nothing_it_accepted(
