@@ -134,8 +134,8 @@ async def test_operations_behind_a_call_that_never_returns_fail_at_their_own_dea
 
     first = increment()
     await asyncio.sleep(0.5)
+    later_due = loop.time() + 1.0  # their deadlines are no earlier
     later = [increment() for _ in range(3)]  # they wait behind the call in flight
-    later_due = loop.time() + 1.0
     with pytest.raises(HostUnavailable, match="deadline"):
         await first
     assert loop.time() < later_due  # the first failed at its deadline, not with the others
