@@ -178,7 +178,7 @@ class SqliteStore:
         forgets = forget_oldest is not None and forget_oldest[0] > 0
         if not (upserts or deletes or records or forgets):
             return
-        try:
+        with self._failing("write", ", nothing of it was stored"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for sql, rows in ((_UPSERT, upserts), (_DELETE, deletes), (_RECORD, records)):
@@ -191,12 +191,6 @@ class SqliteStore:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as error:
-            full = isinstance(error, sqlite3.OperationalError) and "full" in str(error)
-            kind = StorageFull if full else StorageFailed
-            raise kind(
-                f"storage {self.path} refused the write, nothing of it was stored: {error}"
-            ) from None
 
     def forget_applied_before(self, at: float) -> int:
         """Forget the oldest ids, up to the first recorded at or after `at`; how many."""
@@ -216,12 +210,14 @@ class SqliteStore:
         return self._db.execute("DELETE FROM applied_ids WHERE seq < ?", (end,)).rowcount
 
     @contextmanager
-    def _failing(self, doing: str) -> Iterator[None]:
-        """SQLite's errors, as the StorageFailed every caller handles."""
+    def _failing(self, doing: str, consequence: str = "") -> Iterator[None]:
+        """SQLite's errors, as the StorageFailed every caller handles (StorageFull if full)."""
         try:
             yield
         except sqlite3.Error as error:
-            raise StorageFailed(f"cannot {doing} storage {self.path}: {error}") from None
+            full = isinstance(error, sqlite3.OperationalError) and "full" in str(error)
+            kind = StorageFull if full else StorageFailed
+            raise kind(f"cannot {doing} storage {self.path}{consequence}: {error}") from None
 
     def close(self) -> None:
         self._db.close()
