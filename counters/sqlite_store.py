@@ -105,6 +105,9 @@ class SqliteStore:
 
     def __init__(self, path: Path, host_name: str) -> None:
         self.path = path
+        # The ids remembered, counted on first use and then kept by our own writes (we are the
+        # file's one writer): the host asks at every commit.
+        self._remembered: int | None = None
         db: sqlite3.Connection | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,9 +155,11 @@ class SqliteStore:
 
     def applied_count(self) -> int:
         """How many ids are remembered: exact, or more (ids may be forgotten out of order)."""
-        with self._failing("read"):
-            first, last = self._db.execute(_COUNT).fetchone()
-        return 0 if first is None else last - first + 1
+        if self._remembered is None:
+            with self._failing("read"):
+                first, last = self._db.execute(_COUNT).fetchone()
+            self._remembered = 0 if first is None else last - first + 1
+        return self._remembered
 
     def write(
         self,
@@ -184,18 +189,24 @@ class SqliteStore:
                 for sql, rows in ((_UPSERT, upserts), (_DELETE, deletes), (_RECORD, records)):
                     if rows:
                         self._db.executemany(sql, rows)
-                if forget_oldest is not None:
-                    self._forget_oldest(*forget_oldest)
+                forgotten = 0 if forget_oldest is None else self._forget_oldest(*forget_oldest)
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+        self._count(len(records) - forgotten)
 
     def forget_applied_before(self, at: float) -> int:
         """Forget the oldest ids, up to the first recorded at or after `at`; how many."""
         with self._failing("sweep"):
-            return self._forget_oldest(self.applied_count(), at)  # one DELETE: atomic alone
+            forgotten = self._forget_oldest(self.applied_count(), at)  # one DELETE: atomic alone
+        self._count(-forgotten)
+        return forgotten
+
+    def _count(self, change: int) -> None:
+        if self._remembered is not None:
+            self._remembered = max(0, self._remembered + change)
 
     def _forget_oldest(self, count: int, before: float) -> int:
         # Ids are numbered in the order they were recorded, so the oldest are a range at the

@@ -125,6 +125,19 @@ def test_the_oldest_ids_are_forgotten_first_up_to_a_time(tmp_path: Path) -> None
     assert store.forget_applied_before(100.0) == 0
 
 
+def test_the_count_of_ids_kept_by_writes_matches_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    store = SqliteStore(path, "h")
+    assert store.applied_count() == 0  # counted from the file, then kept
+    for i in range(20):
+        ids = [("A", f"id-{i}-{j}", AppliedOp(float(i), "increment(1)", "1")) for j in range(3)]
+        store.write([], applied=ids, forget_oldest=(2, 10.0))
+        assert store.applied_count() == SqliteStore(path, "h").applied_count()
+    assert store.applied_count() == 60 - 30  # every id recorded before 10.0 is forgotten
+    store.forget_applied_before(15.0)
+    assert store.applied_count() == SqliteStore(path, "h").applied_count() == 5 * 3
+
+
 def remembered(store: SqliteStore) -> set[str]:
     return {op_id for (op_id,) in store._db.execute("SELECT op_id FROM applied_ids")}
 
