@@ -487,7 +487,8 @@ async def _done_or_time(
 ) -> None:
     """Wait until `call` is done or the loop's clock reaches `when`, whichever comes first.
 
-    `asyncio.wait` does the same for a set of awaitables, at several times the cost.
+    `asyncio.wait` does the same for a set of awaitables, and costs more: measured with the
+    future made and resolved each time, 8.8 to 9.5 µs per wait against 5.5 to 7.6 µs.
     """
     waiter: asyncio.Future[None] = loop.create_future()
 
