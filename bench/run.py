@@ -1,6 +1,6 @@
 """The benchmark: `counters` next to the ceiling of its own stack and next to Redis, in one run.
 
-    ./dev bench                      # every scenario, 3 rounds of 5 s each; about 10 minutes
+    ./dev bench                      # every scenario, 5 rounds of 5 s each; about 15 minutes
     ./dev bench --duration 3 --quick # a smoke run: one round, sharded and Python client only
 
 Everything runs on this machine, on loopback, started and stopped by this script:
@@ -16,10 +16,12 @@ Everything runs on this machine, on loopback, started and stopped by this script
 
 HTTP load comes from wrk (2 threads, 64 connections); the Python client scenario runs in this
 process. Each round runs every scenario on every system back to back (the references stay up
-while the sharded service runs), so that all see the same drift of the machine's speed. The
-table gives the medians over the rounds of requests/s, p50 and p99, and the project's ratio to
-each reference (x ceiling, x raw, x redis). wrk and redis-server come from Debian's packages;
-the script installs them with apt-get when missing and it runs as root.
+while the sharded service runs), the project right between the ceiling and Redis, in the
+opposite order every other round, so that a project's run and the reference runs it is
+compared with see the same drift of the machine's speed. The table gives the medians over the
+rounds of requests/s, p50 and p99, and of the project's ratio to each reference in the same
+round (x ceiling, x raw, x redis); every round's ratios follow it. wrk and redis-server come
+from Debian's packages; the script installs them with apt-get when missing and it runs as root.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int = 0
+    round: str = ""  # runs of one round are paired for ratios; "" in the medians
 
 
 def ensure_tools() -> None:
@@ -196,25 +199,33 @@ def warm_up_http(base: str, arguments: argparse.Namespace, names_for_spread: int
 def rounds(
     systems: dict[str, str],
     arguments: argparse.Namespace,
+    label: str,
     names_for_spread: int = SPREAD_NAMES,
     cold: bool = False,
 ) -> list[Result]:
     """Every scenario on every system, back to back, `arguments.rounds` times over.
 
-    The machine's speed drifts over minutes; systems measured one right after the other, again
-    and again, see the same drift, and the medians of the rounds leave the outliers out.
+    The machine's speed drifts by a third within minutes, and it can change between one 5 s
+    run and the next. So each round measures the systems one right after the other, in the
+    order given (the project next to the references it is compared with) and in the opposite
+    order every other round, and ratios pair the runs of one round. The medians of the rounds
+    leave the outliers out.
     """
     scenarios = [(*HOT, None), spread(names_for_spread), (*READS, None)]
-    plan = scenarios * arguments.rounds
+    plan = [(round_, scenario) for round_ in range(arguments.rounds) for scenario in scenarios]
     if cold:
         # Last: tens of thousands of new counters push the hot one out of its host's memory,
         # and what it then costs to load again is not what the other scenarios measure.
-        plan += [(COLD, "/", COLD_LUA % round_) for round_ in range(arguments.rounds)]
+        plan += [(round_, (COLD, "/", COLD_LUA % round_)) for round_ in range(arguments.rounds)]
     results = []
-    for scenario, path, lua in plan:
-        for system, base in systems.items():
+    for round_, (scenario, path, lua) in plan:
+        order = list(systems.items())
+        if round_ % 2:
+            order.reverse()
+        for system, base in order:
             run = wrk(base, path, arguments.duration, arguments.threads, arguments.connections, lua)
-            results.append(Result(scenario, system, run.rps, run.p50_ms, run.p99_ms, run.errors))
+            measured = (run.rps, run.p50_ms, run.p99_ms, run.errors)
+            results.append(Result(scenario, system, *measured, round=f"{label} {round_}"))
     return results
 
 
@@ -304,22 +315,18 @@ def python_client_scenarios(arguments: argparse.Namespace, storage: Path) -> lis
         handles: list[Any] = [namespace.handle(namespace.host_for(n)) for n in names]
         bare_total = total // 10
         results = []
-        for _ in range(arguments.rounds):
+        for round_ in range(arguments.rounds):
             with default_gc():
-                rate = total / asyncio.run(futures_run(total))
+                untuned = total / asyncio.run(futures_run(total))
+            rates = {
+                "counters stub": total / asyncio.run(stub_run(total)),
+                "counters call()": total / asyncio.run(futures_run(total)),
+                "counters call() untuned": untuned,
+                "bare ray calls": bare_total / bare_run(bare_total),
+            }
             results += [
-                Result(
-                    "python client", "counters stub", total / asyncio.run(stub_run(total)), 0, 0
-                ),
-                Result(
-                    "python client",
-                    "counters call()",
-                    total / asyncio.run(futures_run(total)),
-                    0,
-                    0,
-                ),
-                Result("python client", "counters call() untuned", rate, 0, 0),
-                Result("python client", "bare ray calls", bare_total / bare_run(bare_total), 0, 0),
+                Result("python client", system, rate, 0, 0, round=f"python {round_}")
+                for system, rate in rates.items()
             ]
         namespace.kill_hosts()
     finally:
@@ -359,42 +366,74 @@ def medians(results: list[Result]) -> list[Result]:
     ]
 
 
-def print_table(results: list[Result]) -> None:
-    reference = {(r.scenario, r.system): r for r in results}
+def paired_ratios(results: list[Result], reference: str) -> dict[tuple[str, str], list[float]]:
+    """For each scenario and project system, its ratio to `reference` in every round of both."""
+    references = {(r.scenario, r.round): r for r in results if r.system == reference}
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        other = references.get((r.scenario, r.round))
+        if r.system.startswith("counters") and other is not None:
+            ratios.setdefault((r.scenario, r.system), []).append(r.rps / other.rps)
+    return ratios
+
+
+def print_table(results: list[Result], footer: str) -> None:
+    """The medians, the project's ratios to the references, then every round's ratios."""
+    shown_first = ["ceiling", "raw ceiling", "redis"]  # then the project's systems, as measured
+    summary = sorted(
+        medians(results),
+        key=lambda r: (r.scenario, shown_first.index(r.system) if r.system in shown_first else 3),
+    )
+    median_of = {(r.scenario, r.system): r for r in summary}
+    paired = {
+        system: paired_ratios(results, system)
+        for system in ("ceiling", "raw ceiling", "redis", "bare ray calls")
+    }
+
+    def ratio(r: Result, reference: str, digits: int = 2) -> str:
+        """The median of the rounds' ratios; of the medians for a system measured apart."""
+        if not r.system.startswith("counters"):
+            return ""
+        rounds_ = paired[reference].get((r.scenario, r.system))
+        if rounds_:
+            return f"{statistics.median(rounds_):.{digits}f}"
+        other = median_of.get((r.scenario, reference))
+        return f"{r.rps / other.rps:.{digits}f}" if other else ""
+
     print()
     print(
         f"{'scenario':<34} {'system':<24} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'x ceiling':>9} {'x raw':>6} {'x redis':>8}"
     )
-
-    def ratio(r: Result, system: str) -> str:
-        other = reference.get((r.scenario, system))
-        return f"{r.rps / other.rps:.2f}" if other and r.system.startswith("counters") else ""
-
-    for r in results:
+    for r in summary:
         vs_ceiling, vs_raw, vs_redis = (ratio(r, s) for s in ("ceiling", "raw ceiling", "redis"))
         if r.scenario == "python client" and r.system.startswith("counters"):
-            bare = reference[("python client", "bare ray calls")]
-            vs_ceiling = f"{r.rps / bare.rps:.1f}x bare"
+            vs_ceiling = f"{ratio(r, 'bare ray calls', 1)}x bare"
         latency = f"{r.p50_ms:>7.2f} {r.p99_ms:>7.2f}" if r.p50_ms else f"{'':>7} {'':>7}"
         errors = f"  ({r.errors} errors)" if r.errors else ""
         print(
             f"{r.scenario:<34} {r.system:<24} {r.rps:>9,.0f} {latency} "
             f"{vs_ceiling:>9} {vs_raw:>6} {vs_redis:>8}{errors}"
         )
+    print(f"\n{footer}\n\nthe ratio in each round (the table gives their median):")
+    for reference, by_row in paired.items():
+        for (scenario, system), ratios in sorted(by_row.items()):
+            if system in ("counters sharded", "counters call()"):
+                shown = " ".join(f"{ratio:.2f}" for ratio in ratios)
+                print(f"{scenario:<34} {system:<24} x {reference:<15} {shown}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument(
-        "--rounds", type=int, default=None, help="runs of every scenario (3; 1 with --quick)"
+        "--rounds", type=int, default=None, help="runs of every scenario (5; 1 with --quick)"
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="skip per-name and cold start")
     arguments = parser.parse_args()
-    arguments.rounds = arguments.rounds or (1 if arguments.quick else 3)
+    arguments.rounds = arguments.rounds or (1 if arguments.quick else 5)
     ensure_tools()
     results: list[Result] = []
     with (
@@ -430,8 +469,14 @@ def main() -> int:
         with counters_serve(port, tmp / "sharded", "sharded", tmp / "sharded.log"):
             base = f"http://127.0.0.1:{port}"
             warm_up_http(base, arguments, SPREAD_NAMES)
-            systems = {**references, "counters sharded": base}
-            results += rounds(systems, arguments, cold=not arguments.quick)
+            # The project right between the two references with targets, in every round.
+            systems = {
+                "raw ceiling": references["raw ceiling"],
+                "ceiling": references["ceiling"],
+                "counters sharded": base,
+                "redis": references["redis"],
+            }
+            results += rounds(systems, arguments, "sharded", cold=not arguments.quick)
         references_up.close()
         if not arguments.quick:
             # The same with a Ray call per batch instead of the direct channel: what it saves.
@@ -440,20 +485,19 @@ def main() -> int:
             with counters_serve(port, tmp / "ray", "sharded", tmp / "ray.log", *no_channel):
                 base = f"http://127.0.0.1:{port}"
                 warm_up_http(base, arguments, SPREAD_NAMES)
-                results += rounds({"counters ray calls": base}, arguments)
+                results += rounds({"counters ray calls": base}, arguments, "ray calls")
             port = free_port()
             with counters_serve(port, tmp / "per-name", "per-name", tmp / "per-name.log"):
                 base = f"http://127.0.0.1:{port}"
                 warm_up(base, "/", 10, arguments, SPREAD_LUA % PER_NAME_NAMES)  # the actors
                 warm_up_http(base, arguments, PER_NAME_NAMES)
-                results += rounds({"counters per-name": base}, arguments, PER_NAME_NAMES)
+                per_name = {"counters per-name": base}
+                results += rounds(per_name, arguments, "per-name", PER_NAME_NAMES)
         results += python_client_scenarios(arguments, tmp / "python")
-    summary = medians(results)
-    summary.sort(key=lambda r: r.scenario)
-    print_table(summary)
-    print(
-        f"\nmedians of {arguments.rounds} round(s); wrk -t{arguments.threads} "
-        f"-c{arguments.connections} -d{arguments.duration:g}s on loopback; {os.cpu_count()} cores"
+    print_table(
+        results,
+        f"medians of {arguments.rounds} round(s); wrk -t{arguments.threads} "
+        f"-c{arguments.connections} -d{arguments.duration:g}s on loopback; {os.cpu_count()} cores",
     )
     return 0
 

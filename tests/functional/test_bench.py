@@ -36,6 +36,16 @@ def test_benchmark_smoke_run_prints_its_table() -> None:
     for system in ("counters stub", "counters call()", "counters call() untuned"):
         assert rows[("python client", system)] > 0, result.stdout
     assert "errors)" not in result.stdout
+    # With one round, the table's ratio is that round's ratio: runs are paired within a round.
+    table = re.search(
+        r"^hot increments +counters sharded +[\d,]+ +[\d.]+ +[\d.]+ +([\d.]+)", result.stdout, re.M
+    )
+    round_ = re.search(
+        r"^hot increments +counters sharded +x ceiling +([\d.]+)$", result.stdout, re.M
+    )
+    assert table, result.stdout
+    assert round_, result.stdout
+    assert table.group(1) == round_.group(1), result.stdout
 
 
 def test_op_ids_bench_runs_and_answers_a_retry_once() -> None:
