@@ -408,9 +408,10 @@ class _Lane:
                     self._waiting[: self._max_batch],
                     self._waiting[self._max_batch :],
                 )
-                self._expire(batch, self.loop.time())
-                # A caller that gave up before its operation left is not sent: nobody awaits it.
-                batch = [entry for entry in batch if not entry[1].done()]
+                # Those whose time is up fail here; a caller that gave up before its operation
+                # left is not sent either: nobody awaits it.
+                live = self._expire(batch, self.loop.time())
+                batch = [entry for entry in live if not entry[1].done()]
                 if batch:
                     await self._send(batch)
         finally:
