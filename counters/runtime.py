@@ -30,8 +30,9 @@ from .errors import ConfigError
 from .group_commit import GroupCommit
 from .host import ObjectHost
 from .operations import Operation, Outcome
-from .placement import Layout
+from .placement import Layout, default_shards
 from .settings import Settings
+from .storage_dir import StorageDir
 
 __all__ = [
     "agree_on_service",
@@ -185,27 +186,27 @@ def agree_on_service(settings: Settings, object_class: type, join: bool = False)
     resource in Ray's GCS; every later client must match them (else ConfigError), or, with
     `join`, adopts them. Without this, a client started in another working directory would
     create hosts on another storage dir, and counters would seem to reset.
+
+    A shard count left unset is decided here: the running service's, else the one the storage
+    dir was laid out with, else `default_shards` for this machine's CPUs.
     """
-    mine = {
-        "storage_dir": str(settings.storage_path),
-        "placement": settings.placement.value,
-        "shards": settings.shards,
-        "host_resource": settings.host_resource,
-    }
     key = f"{settings.namespace}/{object_class.__name__}"
-    # internal_kv is Ray's private key-value store in the GCS; put with overwrite=False is
-    # atomic, so of several first clients exactly one record wins.
-    if not join:
+    recorded = _recorded_service(key)
+    unset = settings.shards is None
+    if not join and recorded is None:
+        if unset:
+            settings = dataclasses.replace(settings, shards=_new_shards(settings, object_class))
+        # internal_kv is Ray's private key-value store in the GCS; put with overwrite=False is
+        # atomic, so of several first clients exactly one record wins.
         internal_kv._internal_kv_put(
-            key, json.dumps(mine), overwrite=False, namespace=_KV_NAMESPACE
+            key, json.dumps(_service_fields(settings)), overwrite=False, namespace=_KV_NAMESPACE
         )
-    raw = internal_kv._internal_kv_get(key, namespace=_KV_NAMESPACE)
-    if raw is None:
+        recorded = _recorded_service(key)
+    if recorded is None:
         raise ConfigError(
             f"no counters service has run in Ray namespace {settings.namespace!r} on this "
             "cluster yet: start one (counters serve) or bind with Namespace(settings)"
         )
-    recorded: dict[str, Any] = json.loads(raw)
     if join:
         return dataclasses.replace(
             settings,
@@ -214,6 +215,9 @@ def agree_on_service(settings: Settings, object_class: type, join: bool = False)
             shards=recorded["shards"],
             host_resource=recorded["host_resource"],
         )
+    if unset:  # whoever recorded the service decided it
+        settings = dataclasses.replace(settings, shards=recorded["shards"])
+    mine = _service_fields(settings)
     if recorded != mine:
         differences = ", ".join(
             f"{name} {recorded[name]!r} (not {mine[name]!r})"
@@ -225,6 +229,29 @@ def agree_on_service(settings: Settings, object_class: type, join: bool = False)
             "use the same settings, or Namespace.join() to adopt them"
         )
     return settings
+
+
+def _service_fields(settings: Settings) -> dict[str, Any]:
+    return {
+        "storage_dir": str(settings.storage_path),
+        "placement": settings.placement.value,
+        "shards": settings.shards,
+        "host_resource": settings.host_resource,
+    }
+
+
+def _recorded_service(key: str) -> dict[str, Any] | None:
+    raw = internal_kv._internal_kv_get(key, namespace=_KV_NAMESPACE)
+    return None if raw is None else cast(dict[str, Any], json.loads(raw))
+
+
+def _new_shards(settings: Settings, object_class: type) -> int:
+    """The shard count of a service started without one: its storage dir's, or the default."""
+    layout = StorageDir(settings.storage_path).recorded_layout() or {}
+    same_kind = layout.get("class_name") == object_class.__name__
+    if same_kind and layout.get("placement") == settings.placement.value and layout.get("shards"):
+        return int(layout["shards"])
+    return default_shards(os.cpu_count())
 
 
 def tune_gc() -> None:

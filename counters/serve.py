@@ -12,6 +12,7 @@ from aiohttp import web
 from gateway import Gateway
 
 from .client import Namespace
+from .placement import Placement
 from .runtime import start_ray, tune_gc
 from .settings import Settings
 
@@ -44,13 +45,16 @@ async def _serve(settings: Settings, gateway: Gateway, started_ray: bool) -> Non
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()
         where = "a local Ray" if started_ray else f"the Ray cluster at {settings.address}"
+        service = gateway.namespace.settings  # with the shard count decided
+        shards = f", {service.shards} shards" if service.placement is Placement.SHARDED else ""
         log.info(
-            "serving on http://%s:%d on %s; storage in %s; %s placement",
+            "serving on http://%s:%d on %s; storage in %s; %s placement%s",
             settings.host,
             settings.port,
             where,
-            settings.storage_path,
-            settings.placement.value,
+            service.storage_path,
+            service.placement.value,
+            shards,
         )
         address = ray.get_runtime_context().gcs_address
         log.info(

@@ -34,13 +34,13 @@ class Settings:
     address: str | None = None
     namespace: str = "counters"
     placement: Placement = Placement.SHARDED
-    shards: int = 2
+    shards: int | None = None  # None: the storage dir's own count, else `default_shards`
     dashboard_port: int = 8265
     host_resource: str | None = None
     max_batch: int = 4096
     max_in_flight: int = 2
     direct_channel: bool = True
-    max_queue: int = 10_000
+    max_queue: int = 50_000
     deadline: float = 10.0
     idle_timeout: float = 60.0
     max_actors_per_node: int = 256
@@ -52,7 +52,8 @@ class Settings:
     def __post_init__(self) -> None:
         _check(1 <= self.port <= 65535 or self.port == 0, "port", "a TCP port (0 to 65535)")
         _check(0 <= self.dashboard_port <= 65535, "dashboard_port", "a TCP port, 0 for none")
-        _check(1 <= self.shards <= MAX_SHARDS, "shards", f"between 1 and {MAX_SHARDS}")
+        shards_ok = self.shards is None or 1 <= self.shards <= MAX_SHARDS
+        _check(shards_ok, "shards", f"between 1 and {MAX_SHARDS}")
         _check(bool(self.namespace.strip()), "namespace", "a non-empty Ray namespace")
         _check(bool(self.storage_dir), "storage_dir", "a directory path")
         _check(self.max_batch >= 1, "max_batch", "at least 1")
@@ -95,7 +96,12 @@ class Settings:
         )
 
     def layout(self, object_class: type) -> Layout:
-        """How objects of `object_class` are placed on hosts under these settings."""
+        """How objects of `object_class` are placed on hosts under these settings.
+
+        Needs the shard count decided: `agree_on_service` decides it when it was left unset.
+        """
+        if self.shards is None:
+            raise ValueError("the shard count is not decided yet (see agree_on_service)")
         return Layout(object_class.__name__, self.placement, self.shards)
 
     @property
@@ -114,7 +120,7 @@ def _check(ok: bool, name: str, wanted: str) -> None:
 
 
 def _convert(name: str, value: Any, source: str) -> Any:
-    kind = {field.name: field.type for field in fields(Settings)}[name]
+    kind = {field.name: field.type for field in fields(Settings)}[name].removesuffix(" | None")
     if kind == "bool":
         if isinstance(value, bool):
             return value

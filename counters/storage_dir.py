@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from .errors import LayoutMismatch, StorageFailed
 from .placement import Layout, Placement, host_file_name
@@ -27,6 +28,14 @@ class StorageDir:
 
     def host_path(self, host: str) -> Path:
         return self.path / "hosts" / host_file_name(host)
+
+    def recorded_layout(self) -> dict[str, Any] | None:
+        """The layout the first host recorded here; None if none did, or it cannot be read."""
+        try:
+            recorded: dict[str, Any] = json.loads((self.path / LAYOUT_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return recorded
 
     def bind_layout(self, layout: Layout) -> None:
         """Record `layout` on first use; raise LayoutMismatch if another one was recorded."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from counters.errors import (
     LayoutMismatch,
 )
 from counters.operations import Operation
-from counters.placement import Placement
+from counters.placement import Placement, default_shards
 from counters.runtime import get_or_create_host
 from tests.functional.conftest import COLD_START_DEADLINE, NamespaceFactory
 
@@ -180,6 +181,23 @@ def test_clients_of_one_namespace_agree_on_its_settings(
     joined = Namespace.join(name)
     assert joined.settings.storage_path == first.settings.storage_path
     assert joined.get_by_name("A").blocking.increment() == 2
+
+
+def test_an_unset_shard_count_is_the_services_else_the_storage_dirs_else_the_machines(
+    make_namespace: NamespaceFactory, tmp_path: Path
+) -> None:
+    fresh = make_namespace(Placement.SHARDED)
+    assert fresh.settings.shards == default_shards(os.cpu_count())
+    laid_out = make_namespace(Placement.SHARDED, shards=3, storage_dir=tmp_path / "three")
+    assert laid_out.get_by_name("A").blocking.increment() == 1
+    # Another client of the running service takes the service's count...
+    name = laid_out.settings.namespace
+    assert make_namespace(namespace=name, storage_dir=tmp_path / "three").settings.shards == 3
+    # ...and a service started anew on its storage dir (after an upgrade, say) the dir's.
+    laid_out.kill_hosts()
+    restarted = make_namespace(storage_dir=tmp_path / "three")
+    assert restarted.settings.shards == 3
+    assert restarted.get_by_name("A").blocking.increment() == 2
 
 
 def test_joining_a_namespace_nobody_served_is_refused() -> None:

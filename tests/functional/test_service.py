@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import pytest
 
+from counters.placement import Layout, Placement, default_shards, host_name
 from counters.testing import Service
 
 pytestmark = pytest.mark.slow
@@ -57,8 +58,10 @@ def test_actors_show_in_the_ray_dashboard(tmp_path: Path) -> None:
         with urllib.request.urlopen(request, timeout=30) as response:
             actors = json.load(response)["data"]["result"]["result"]
         hosts = [a for a in actors if a["class_name"] == "CounterHost"]
+        # A fresh storage dir gets the default shard count for this machine.
+        layout = Layout("Counter", Placement.SHARDED, default_shards(os.cpu_count()))
         assert [(a["name"], a["state"], a["ray_namespace"]) for a in hosts] == [
-            ("Counter.shard-0-of-2", "ALIVE", "counters")
+            (host_name(layout, "A"), "ALIVE", "counters")
         ]
 
 
@@ -70,6 +73,9 @@ def test_a_mismatched_storage_dir_is_refused_clearly(tmp_path: Path) -> None:
         status, body = service.get("/increment?name=A")
         assert status == 500
         assert "same placement and shard count" in body
+    with Service(storage) as service:  # no count given: the storage dir's own
+        assert service.get("/increment?name=A") == (200, "Durable Object 'A' count: 2")
+        assert "sharded placement, 2 shards" in service.log.read_text()
 
 
 def readme_python() -> str:

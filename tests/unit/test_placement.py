@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from counters.placement import Layout, Placement, host_file_name, host_name, shard_of
+from counters.placement import (
+    Layout,
+    Placement,
+    default_shards,
+    host_file_name,
+    host_name,
+    shard_of,
+)
 
 
 def test_shard_is_stable_across_releases() -> None:
@@ -48,3 +55,10 @@ def test_file_names_never_carry_user_input() -> None:
 def test_layout_refuses_zero_shards() -> None:
     with pytest.raises(ValueError, match="shards"):
         Layout("Counter", Placement.SHARDED, 0)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "shards"), [(None, 1), (1, 1), (2, 1), (3, 1), (4, 2), (8, 4), (16, 8), (96, 8)]
+)
+def test_a_new_storage_dir_gets_a_shard_per_two_cpus(cpus: int | None, shards: int) -> None:
+    assert default_shards(cpus) == shards

@@ -15,6 +15,14 @@ def test_defaults_are_the_embedded_service() -> None:
     assert settings.placement is Placement.SHARDED
     assert settings.address is None
     assert settings.namespace == "counters"
+    assert settings.shards is None  # decided when the service starts (agree_on_service)
+
+
+def test_a_layout_needs_the_shard_count_decided() -> None:
+    with pytest.raises(ValueError, match="not decided"):
+        Settings.load(environ={}).layout(object)
+    layout = Settings.load(environ={}, shards=3).layout(object)
+    assert (layout.class_name, layout.placement, layout.shards) == ("object", Placement.SHARDED, 3)
 
 
 def test_flags_win_over_environment_over_defaults() -> None:

@@ -12,11 +12,13 @@ from counters.storage_dir import StorageDir
 
 def test_layout_is_recorded_once_and_then_enforced(tmp_path: Path) -> None:
     storage = StorageDir(tmp_path / "store")
+    assert storage.recorded_layout() is None
     sharded = Layout("Counter", Placement.SHARDED, 4)
     storage.bind_layout(sharded)
     storage.bind_layout(sharded)
     recorded = json.loads((tmp_path / "store" / "layout.json").read_text())
     assert recorded == {"class_name": "Counter", "placement": "sharded", "shards": 4}
+    assert storage.recorded_layout() == recorded
     with pytest.raises(LayoutMismatch, match="same placement and shard count"):
         storage.bind_layout(Layout("Counter", Placement.SHARDED, 8))
     with pytest.raises(LayoutMismatch):
