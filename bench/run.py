@@ -494,10 +494,16 @@ def main() -> int:
                 per_name = {"counters per-name": base}
                 results += rounds(per_name, arguments, "per-name", PER_NAME_NAMES)
         results += python_client_scenarios(arguments, tmp / "python")
+    from counters.placement import default_shards
+    from counters.settings import Settings
+
+    # Each service starts on a fresh storage dir: COUNTERS_SHARDS if set, else the default.
+    shards = Settings.load().shards or default_shards(os.cpu_count())
     print_table(
         results,
         f"medians of {arguments.rounds} round(s); wrk -t{arguments.threads} "
-        f"-c{arguments.connections} -d{arguments.duration:g}s on loopback; {os.cpu_count()} cores",
+        f"-c{arguments.connections} -d{arguments.duration:g}s on loopback; {os.cpu_count()} cores"
+        f"; counters sharded on {shards} shard(s)",
     )
     return 0
 
