@@ -25,7 +25,12 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("address", str, "Ray cluster to join, e.g. 'auto' or HOST:6379; none: start a local Ray"),
     ("namespace", str, "Ray namespace of the host actors"),
     ("placement", str, "an actor per name, or names hashed onto shards"),
-    ("shards", int, "host actors with sharded placement"),
+    (
+        "shards",
+        int,
+        "host actors with sharded placement (default: the storage dir's own count; for a new "
+        "one, a host per two CPUs, 1 to 8)",
+    ),
     ("dashboard_port", int, "Ray dashboard port of a local Ray, 0 for none"),
     ("host_resource", str, "custom Ray resource a node must have to run host actors"),
     ("max_batch", int, "operations one host call carries at most"),

@@ -65,7 +65,7 @@ def test_actors_show_in_the_ray_dashboard(tmp_path: Path) -> None:
         ]
 
 
-def test_a_mismatched_storage_dir_is_refused_clearly(tmp_path: Path) -> None:
+def test_a_storage_dir_refuses_another_shard_count_and_serves_with_its_own(tmp_path: Path) -> None:
     storage = tmp_path / "storage"
     with Service(storage, "--shards", "2") as service:
         assert service.get("/increment?name=A")[0] == 200
