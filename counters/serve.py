@@ -46,7 +46,9 @@ async def _serve(settings: Settings, gateway: Gateway, started_ray: bool) -> Non
         await web.TCPSite(runner, settings.host, settings.port).start()
         where = "a local Ray" if started_ray else f"the Ray cluster at {settings.address}"
         service = gateway.namespace.settings  # with the shard count decided
-        shards = f", {service.shards} shards" if service.placement is Placement.SHARDED else ""
+        shards = ""
+        if service.placement is Placement.SHARDED:
+            shards = f", {service.shards} shard{'' if service.shards == 1 else 's'}"
         log.info(
             "serving on http://%s:%d on %s; storage in %s; %s placement%s",
             settings.host,
