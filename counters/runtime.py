@@ -247,11 +247,8 @@ def _recorded_service(key: str) -> dict[str, Any] | None:
 
 def _new_shards(settings: Settings, object_class: type) -> int:
     """The shard count of a service started without one: its storage dir's, or the default."""
-    layout = StorageDir(settings.storage_path).recorded_layout() or {}
-    same_kind = layout.get("class_name") == object_class.__name__
-    if same_kind and layout.get("placement") == settings.placement.value and layout.get("shards"):
-        return int(layout["shards"])
-    return default_shards(os.cpu_count())
+    recorded = StorageDir(settings.storage_path).recorded_shards(object_class.__name__)
+    return recorded or default_shards(os.cpu_count())
 
 
 def tune_gc() -> None:

@@ -12,7 +12,6 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from .errors import LayoutMismatch, StorageFailed
 from .placement import Layout, Placement, host_file_name
@@ -29,13 +28,19 @@ class StorageDir:
     def host_path(self, host: str) -> Path:
         return self.path / "hosts" / host_file_name(host)
 
-    def recorded_layout(self) -> dict[str, Any] | None:
-        """The layout the first host recorded here; None if none did, or it cannot be read."""
+    def recorded_shards(self, class_name: str) -> int | None:
+        """The shard count this dir was laid out with for `class_name`, sharded; else None.
+
+        None too when nothing was recorded, or it cannot be read: binding a layout says why.
+        """
         try:
-            recorded: dict[str, Any] = json.loads((self.path / LAYOUT_FILE).read_text())
+            recorded = json.loads((self.path / LAYOUT_FILE).read_text())
         except (OSError, ValueError):
             return None
-        return recorded
+        sharded = recorded.get("placement") == Placement.SHARDED.value
+        shards = recorded.get("shards")
+        ours = sharded and recorded.get("class_name") == class_name
+        return shards if ours and isinstance(shards, int) else None
 
     def bind_layout(self, layout: Layout) -> None:
         """Record `layout` on first use; raise LayoutMismatch if another one was recorded."""

@@ -12,13 +12,14 @@ from counters.storage_dir import StorageDir
 
 def test_layout_is_recorded_once_and_then_enforced(tmp_path: Path) -> None:
     storage = StorageDir(tmp_path / "store")
-    assert storage.recorded_layout() is None
+    assert storage.recorded_shards("Counter") is None
     sharded = Layout("Counter", Placement.SHARDED, 4)
     storage.bind_layout(sharded)
     storage.bind_layout(sharded)
     recorded = json.loads((tmp_path / "store" / "layout.json").read_text())
     assert recorded == {"class_name": "Counter", "placement": "sharded", "shards": 4}
-    assert storage.recorded_layout() == recorded
+    assert storage.recorded_shards("Counter") == 4
+    assert storage.recorded_shards("Other") is None  # laid out for another class
     with pytest.raises(LayoutMismatch, match="same placement and shard count"):
         storage.bind_layout(Layout("Counter", Placement.SHARDED, 8))
     with pytest.raises(LayoutMismatch):
@@ -30,6 +31,7 @@ def test_per_name_layout_ignores_shard_count(tmp_path: Path) -> None:
     storage = StorageDir(tmp_path)
     storage.bind_layout(Layout("Counter", Placement.PER_NAME, 4))
     storage.bind_layout(Layout("Counter", Placement.PER_NAME, 16))
+    assert storage.recorded_shards("Counter") is None  # no shard count to take over
 
 
 def test_host_files_live_under_hosts(tmp_path: Path) -> None:
