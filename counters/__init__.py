@@ -26,7 +26,7 @@ from .errors import (
 from .object_storage import ObjectStorage
 from .operations import Operation, Outcome
 from .placement import Layout, Placement
-from .runtime import start_ray, tune_gc
+from .runtime import service_layout, start_ray, tune_gc
 from .settings import Settings
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "StorageFailed",
     "UnknownMethod",
     "new_op_id",
+    "service_layout",
     "start_ray",
     "tune_gc",
 ]

@@ -30,7 +30,7 @@ from .errors import ConfigError
 from .group_commit import GroupCommit
 from .host import ObjectHost
 from .operations import Operation, Outcome
-from .placement import Layout, default_shards
+from .placement import Layout, Placement, default_shards
 from .settings import Settings
 from .storage_dir import StorageDir
 
@@ -38,6 +38,7 @@ __all__ = [
     "agree_on_service",
     "get_or_create_host",
     "host_actor_class",
+    "service_layout",
     "start_ray",
     "tune_gc",
 ]
@@ -229,6 +230,20 @@ def agree_on_service(settings: Settings, object_class: type, join: bool = False)
             "use the same settings, or Namespace.join() to adopt them"
         )
     return settings
+
+
+def service_layout(namespace: str = "counters", class_name: str = "Counter") -> Layout:
+    """How the service running in Ray namespace `namespace` places names on host actors.
+
+    For callers using bare Ray: ``service_layout().host_for("A")`` is the name of the host actor
+    serving ``A``. Needs a connected Ray; ConfigError if no service has run in that namespace.
+    """
+    recorded = _recorded_service(f"{namespace}/{class_name}")
+    if recorded is None:
+        raise ConfigError(
+            f"no counters service has run in Ray namespace {namespace!r} on this cluster yet"
+        )
+    return Layout(class_name, Placement(recorded["placement"]), recorded["shards"])
 
 
 def _service_fields(settings: Settings) -> dict[str, Any]:
