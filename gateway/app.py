@@ -11,8 +11,13 @@ answered as the first time. Errors of a changing request name the key used (the 
 fresh one), so that a client can retry safely after a 503.
 
 Answers are the example's plain text, or ``{"name": ..., "count": ...}`` for a client that
-accepts application/json. Errors carry their reason in the body; the status comes from the error
-(`counters.errors`), and 503s say when to retry.
+accepts application/json. Errors carry their reason in the body, as ``{"error": code, "message":
+text}`` for JSON; the status comes from the error (`counters.errors`, or aiohttp's own such as 413
+for a body over its size limit), and 503s say when to retry.
+
+A client's malformed request (a broken request line or header) is answered 400 by aiohttp and
+logged in one line, at most once every ten seconds (`ServerLog`), so that a client cannot flood
+the log with tracebacks; errors of the server itself keep theirs.
 
 Served by `aiohttp.web.Server` with a route table of our own rather than by `web.Application`:
 the application's request object, router and signals cost about a third of a request's time on
@@ -27,10 +32,13 @@ import contextlib
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import HttpVersion11, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.log import server_logger
 
 from counters.client import Namespace, new_op_id
 from counters.errors import CountersError, InvalidInput, InvalidName
@@ -39,7 +47,7 @@ from counters.validation import parse_amount, validate_name
 
 from .query import QueryParams
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "ServerLog"]
 
 NO_NAME = (
     "Select a Durable Object to contact by using"
@@ -50,6 +58,8 @@ CHANGE_METHODS = ("GET", "POST")
 FORM = "application/x-www-form-urlencoded"
 OP_ID = web.RequestKey("op_id", str)  # the operation id of a changing request
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
+# Error codes where the reason would not do: Python 3.13 renamed 413's to "Content Too Large".
+_CODES = {413: "request_too_large"}
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +83,11 @@ class Gateway:
         }
 
     def server(self, **kwargs: Any) -> web.Server:
-        """An aiohttp low-level server answering with this gateway; `kwargs` go to aiohttp."""
+        """An aiohttp low-level server answering with this gateway; `kwargs` go to aiohttp.
+
+        Its log is aiohttp's, through a `ServerLog` unless `kwargs` name another ``logger``.
+        """
+        kwargs.setdefault("logger", ServerLog(server_logger))
         return web.Server(self.handle, **kwargs)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -92,10 +106,11 @@ class Gateway:
                 log.warning("%s %s failed: %s", request.method, request.path_qs, error)
             body = {"error": error.code, "message": error.message}
             return _respond(request, error.http_status, error.message, body, headers)
-        except web.HTTPMethodNotAllowed as error:
-            body = {"error": "method_not_allowed", "message": error.text or ""}
-            headers = {"Allow": error.headers["Allow"]}
-            return _respond(request, 405, error.text or "", body, headers)
+        except web.HTTPError as error:  # aiohttp's, e.g. 413 from request.text(), or _allow's 405
+            text = error.text or ""
+            body = {"error": _error_code(error), "message": text}
+            headers = {k: v for k, v in error.headers.items() if k.lower() != "content-type"}
+            return _respond(request, error.status, text, body, headers)
 
     @contextlib.asynccontextmanager
     async def maintaining(self) -> AsyncIterator[None]:
@@ -140,6 +155,48 @@ class Gateway:
             return _count_response(request, name, count)
 
         return change
+
+
+class ServerLog(logging.Logger):
+    """The logger of aiohttp's server: `target`, with a client's malformed request told briefly.
+
+    aiohttp logs a request it cannot parse (answered 400) at ERROR with its traceback; here it
+    becomes one WARNING line naming the peer and the parser's reason, at most one such line every
+    `interval` seconds, which says how many it left out since the last one. Every other record,
+    a handler's failure with its traceback included, goes to `target` as it is.
+    """
+
+    def __init__(self, target: logging.Logger, interval: float = 10.0) -> None:
+        super().__init__(target.name)
+        self.target = target
+        self.interval = interval
+        self._next = float("-inf")  # when the next malformed-request line may be logged
+        self._suppressed = 0
+
+    def isEnabledFor(self, level: int) -> bool:
+        return self.target.isEnabledFor(level)  # the target's levels, configured as ever
+
+    def handle(self, record: logging.LogRecord) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            self.target.handle(record)
+            return
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        self._next = now + self.interval
+        args = record.args
+        peer = args[0] if isinstance(args, tuple) and len(args) == 1 and args[0] else "a client"
+        # The parser's message may quote the request over several lines: keep its first.
+        reason = (error.message.strip().splitlines() or [type(error).__name__])[0]
+        reason = reason.rstrip(":")[:200]
+        suppressed = ""
+        if self._suppressed:
+            suppressed = f"; {self._suppressed} similar lines suppressed since the last one"
+            self._suppressed = 0
+        level = min(record.levelno, logging.WARNING)  # aiohttp's DEBUG for non-HTTP stays DEBUG
+        self.target.log(level, "%s sent a malformed request: %s%s", peer, reason, suppressed)
 
 
 async def _expect(request: web.BaseRequest, expect: str) -> None:
@@ -197,6 +254,11 @@ def _count_response(request: web.BaseRequest, name: str, count: int) -> web.Stre
     return _respond(
         request, 200, f"Durable Object '{name}' count: {count}", {"name": name, "count": count}
     )
+
+
+def _error_code(error: web.HTTPException) -> str:
+    """A snake_case code for aiohttp's error: "Expectation Failed" is expectation_failed."""
+    return _CODES.get(error.status) or re.sub(r"[^a-z0-9]+", "_", error.reason.lower()).strip("_")
 
 
 def _wants_json(request: web.BaseRequest) -> bool:

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import logging
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.log import server_logger
 from aiohttp.test_utils import TestClient
 from yarl import URL
+
+from gateway import Gateway
+from gateway.app import ServerLog
+
+from .conftest import NamespaceFactory
 
 Client = TestClient[Any, Any]
 NO_NAME = (
@@ -190,3 +202,162 @@ async def test_healthz(client: Client) -> None:
     assert await text(client, "/healthz") == (200, "ok")
     async with client.get("/healthz", headers={"Accept": "application/json"}) as response:
         assert await response.json() == {"status": "ok"}
+
+
+JSON = {"Accept": "application/json"}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+TOO_LARGE = "Maximum request body size 1048576 exceeded."  # aiohttp's client_max_size, 1 MiB
+
+
+@pytest.mark.parametrize("accept", [{}, JSON], ids=["text", "json"])
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "data", "status", "code", "message"),
+    [
+        (
+            "POST",
+            "/increment",
+            FORM,
+            b"name=A&pad=" + b"x" * 1024**2,
+            413,
+            "request_too_large",
+            TOO_LARGE,
+        ),
+        (
+            "GET",
+            "/increment?name=A",
+            {"Expect": "something-else"},
+            None,
+            417,
+            "expectation_failed",
+            "Unknown Expect: something-else",
+        ),
+        (
+            "PUT",
+            "/increment?name=A",
+            {},
+            None,
+            405,
+            "method_not_allowed",
+            "Method PUT is not allowed on /increment; use GET, POST",
+        ),
+    ],
+    ids=["413", "417", "405"],
+)
+async def test_aiohttps_own_errors_answer_like_ours(
+    client: Client,
+    accept: dict[str, str],
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    data: bytes | None,
+    status: int,
+    code: str,
+    message: str,
+) -> None:
+    body = None if data is None else io.BytesIO(data)  # aiohttp warns of a large bytes body
+    async with client.request(method, path, headers={**headers, **accept}, data=body) as r:
+        assert r.status == status
+        if accept:
+            assert r.headers["Content-Type"] == "application/json; charset=utf-8"
+            assert await r.json() == {"error": code, "message": message}
+        else:
+            assert r.headers["Content-Type"] == "text/plain; charset=utf-8"
+            assert await r.text() == message
+        if status == 405:
+            assert r.headers["Allow"] == "GET,POST"
+    assert await count_of(client, "A") == 0
+
+
+# A header aiohttp's parser refuses (logged at ERROR with a traceback by aiohttp), and bytes that
+# are not HTTP at all (logged at DEBUG with a traceback when first on a connection).
+BAD_HEADER = b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"
+NOT_HTTP = b"GARBAGE\r\n\r\n"
+
+
+@contextlib.asynccontextmanager
+async def serving(server: web.Server) -> AsyncIterator[int]:
+    """`server` on a loopback port, as `counters serve` runs it; yields the port."""
+    runner = web.ServerRunner(server)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+async def send_raw(port: int, data: bytes) -> bytes:
+    """Send `data` on a fresh connection; the answer, up to the server closing it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def server_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name == "aiohttp.server"]
+
+
+async def test_malformed_requests_are_answered_400_and_logged_briefly_and_rarely(
+    make_namespace: NamespaceFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+    gateway = Gateway(make_namespace())
+    async with serving(gateway.server(access_log=None)) as port:  # as `counters serve` does
+        started = time.monotonic()
+        for data in [BAD_HEADER, NOT_HTTP] * 25:
+            answer = await send_raw(port, data)
+            assert answer.startswith(b"HTTP/1.0 400 Bad Request\r\n"), answer
+        assert time.monotonic() - started < 10  # all within one interval of the rate limit
+    records = server_records(caplog)
+    assert [(r.levelno, r.getMessage(), r.exc_info) for r in records] == [
+        (
+            logging.WARNING,
+            "127.0.0.1 sent a malformed request: Invalid character in Content-Length",
+            None,
+        )
+    ]
+
+
+async def boom(request: web.BaseRequest) -> web.StreamResponse:
+    raise RuntimeError("boom")
+
+
+async def test_the_malformed_requests_left_out_are_counted_in_the_next_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="aiohttp.server")
+    interval = 1.0
+    server = web.Server(boom, logger=ServerLog(server_logger, interval=interval))
+    async with serving(server) as port:
+        started = time.monotonic()
+        for _ in range(10):
+            assert (await send_raw(port, BAD_HEADER)).startswith(b"HTTP/1.0 400 ")
+        assert time.monotonic() - started < interval
+        await asyncio.sleep(interval)
+        assert (await send_raw(port, BAD_HEADER)).startswith(b"HTTP/1.0 400 ")
+    reason = "127.0.0.1 sent a malformed request: Invalid character in Content-Length"
+    assert [r.getMessage() for r in server_records(caplog)] == [
+        reason,
+        reason + "; 9 similar lines suppressed since the last one",
+    ]
+
+
+async def test_server_errors_keep_their_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="aiohttp.server")
+    server = web.Server(boom, logger=ServerLog(server_logger))
+    async with serving(server) as port:
+        for _ in range(2):  # not rate-limited either
+            answer = await send_raw(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    records = server_records(caplog)
+    assert len(records) == 2
+    for record in records:
+        assert record.levelno == logging.ERROR
+        assert record.getMessage() == "Error handling request from 127.0.0.1"
+        assert record.exc_info is not None
+        assert isinstance(record.exc_info[1], RuntimeError)
