@@ -39,6 +39,7 @@ import socket
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -54,6 +55,7 @@ TOKEN_BYTES = 32
 MAX_FRAME = 256 * 1024 * 1024  # a corrupt length must not make us allocate without bound
 _LENGTH = struct.Struct("!I")
 _DIR_PREFIX = "counters-channel-"
+_STARTING = 60.0  # seconds a new socket dir may stay without a listener (see _remove_stale_dirs)
 
 log = logging.getLogger(__name__)
 
@@ -296,12 +298,33 @@ class Channel:
 
 
 def _remove_stale_dirs(parent: Path) -> None:
-    """Remove socket dirs of host processes that died without `close` (killed, say)."""
+    """Remove socket dirs that nobody listens in any more: their host died without `close`.
+
+    Told by the socket, not by the pid in the dir's name: a host in another PID namespace that
+    shares this temp dir has a pid we cannot see, and is alive all the same. A young dir is left
+    alone, since its host may still be between creating it and listening in it.
+    """
     for stale in parent.glob(f"{_DIR_PREFIX}*"):
-        pid = stale.name[len(_DIR_PREFIX) :].partition("-")[0]
-        if not pid.isdigit() or Path(f"/proc/{pid}").exists() or not Path("/proc").exists():
+        try:
+            age = time.time() - stale.stat().st_mtime
+        except OSError:
+            continue  # removed meanwhile
+        if age < _STARTING or _listened(stale / "host.sock"):
             continue
         with contextlib.suppress(OSError):
             for child in stale.iterdir():
                 child.unlink()
             stale.rmdir()
+
+
+def _listened(path: Path) -> bool:
+    """Whether a process listens on the Unix socket at `path`; True when we cannot tell."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)  # a live host with a full backlog must not block us
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False  # a socket nobody listens on (or not a socket), or none at all
+        except OSError:
+            return True  # busy (EAGAIN), or not ours to reach (EACCES): leave it be
+    return True  # the host sees a connection that sends no token and hangs up: harmless

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -60,6 +62,7 @@ async def test_pipelined_batches_are_answered_in_order_and_on_disk(served: Serve
     assert all(results.errors == {} for results in answers)
     assert served.server.batches == 5
     channel.close()
+    served.host.close()
     reloaded = ObjectHost(Counter, "Counter.shard-0-of-1", served.storage_dir, LAYOUT)
     assert reloaded.call("A", "get_counter_value") == 15
 
@@ -139,16 +142,46 @@ def test_closing_after_the_loop_is_gone_leaves_no_socket_open(served: Served) ->
     assert channel._sock.fileno() == -1
 
 
-def test_socket_dirs_of_dead_processes_are_removed(tmp_path: Path) -> None:
-    dead = tmp_path / "counters-channel-999999999-abc"
-    dead.mkdir()
-    (dead / "host.sock").touch()
-    alive = tmp_path / f"counters-channel-{os.getpid()}-def"
-    alive.mkdir()
+def bound_socket_dir(parent: Path, name: str) -> tuple[Path, socket.socket]:
+    """A socket dir as a host makes it, its socket bound but not yet listening."""
+    directory = parent / name
+    directory.mkdir(mode=0o700)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(directory / "host.sock"))
+    return directory, sock
+
+
+def test_socket_dirs_nobody_listens_in_are_removed_whatever_their_pid(tmp_path: Path) -> None:
+    # A live host in another PID namespace that shares the temp dir: a pid we do not see.
+    foreign, listener = bound_socket_dir(tmp_path, "counters-channel-999999999-abc")
+    listener.listen()
+    # A killed host leaves its socket file, which nobody listens on; the pid in the name may
+    # well be a live process's again (here: ours).
+    dead, killed = bound_socket_dir(tmp_path, f"counters-channel-{os.getpid()}-def")
+    killed.close()
+    empty = tmp_path / "counters-channel-999999998-ghi"  # killed before it bound its socket
+    empty.mkdir()
+    an_hour_ago = time.time() - 3600
+    for directory in (foreign, dead, empty):
+        os.utime(directory, (an_hour_ago, an_hour_ago))
+    starting = tmp_path / "counters-channel-999999997-jkl"  # a host about to bind and listen
+    starting.mkdir()
+    try:
+        server = ChannelServer("node-1", lambda operations: None, parent=tmp_path)
+        server.close()
+        assert (foreign / "host.sock").is_socket()
+        assert starting.exists()
+        assert not dead.exists()
+        assert not empty.exists()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(foreign / "host.sock"))  # still reachable
+    finally:
+        listener.close()
+
+
+def test_a_socket_dir_is_private_and_removed_on_close(tmp_path: Path) -> None:
     server = ChannelServer("node-1", lambda operations: None, parent=tmp_path)
-    assert not dead.exists()
-    assert alive.exists()
-    assert Path(server.address.path).exists()
+    assert Path(server.address.path).is_socket()
     assert oct(Path(server.address.path).parent.stat().st_mode & 0o777) == "0o700"
     server.close()
     assert not Path(server.address.path).parent.exists()
