@@ -78,36 +78,6 @@ def test_a_storage_dir_refuses_another_shard_count_and_serves_with_its_own(tmp_p
         assert "sharded placement, 2 shards" in service.log.read_text()
 
 
-def readme_python() -> str:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    return readme.split("```python\n", 1)[1].split("```", 1)[0]
-
-
-def test_the_readme_python_client_works_against_a_running_service(tmp_path: Path) -> None:
-    with Service(tmp_path / "storage") as service:
-        assert service.get("/increment?name=A&amount=5")[0] == 200
-        # As a user's fresh shell has it: RAY_ADDRESS and RAY_AUTH_MODE (which this session's own
-        # Ray sets) as the log line says, nothing inherited from the test run.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        env |= {
-            "RAY_ADDRESS": service.ray_address(),
-            "RAY_AUTH_MODE": "token",
-            "RAY_USAGE_STATS_ENABLED": "0",
-        }
-        # From another working directory: the client must find the service's storage anyway.
-        result = subprocess.run(
-            [sys.executable, "-c", readme_python()],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=120,
-        )
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.split() == ["6", "7"]
-        assert service.get("/?name=A") == (200, "Durable Object 'A' count: 7")
-
-
 SOAK = Path(__file__).parents[2] / "bench" / "soak.py"
 
 
