@@ -13,12 +13,15 @@ across Ray's process boundaries.
     ├── CountOutOfRange      422  the change would leave the signed 64-bit range; nothing changed
     ├── IdempotencyKeyReused 422  an operation id sent again with another request
     ├── StorageFailed        503  the commit failed; nothing of the call was stored
-    │   └── StorageFull      507  the disk (or the file's page limit) is full
+    │   ├── StorageFull      507  the disk (or the file's page limit) is full
+    │   ├── StorageBusy      503  another process holds the host's file; nothing was stored
+    │   └── Fenced           503  a newer host took the file over; nothing was stored
     ├── Overloaded           503  too many operations wait for this host; nothing was sent
     ├── HostUnavailable      503  no host answered within the deadline; retry with the same op id
     ├── OutcomeUnknown       503  the host died during the call: it may or may not have applied it
     └── ConfigError          500  a setting is invalid, or does not match the storage it uses
-        └── LayoutMismatch   500  the storage dir holds another placement or shard count
+        ├── LayoutMismatch   500  the storage dir holds another placement or shard count
+        └── StorageDirInUse  500  another counters service uses the storage dir
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ __all__ = [
     "ConfigError",
     "CountOutOfRange",
     "CountersError",
+    "Fenced",
     "HostUnavailable",
     "IdempotencyKeyReused",
     "InvalidAmount",
@@ -35,6 +39,8 @@ __all__ = [
     "LayoutMismatch",
     "OutcomeUnknown",
     "Overloaded",
+    "StorageBusy",
+    "StorageDirInUse",
     "StorageFailed",
     "StorageFull",
     "UnknownMethod",
@@ -94,6 +100,14 @@ class StorageFull(StorageFailed):
     code = "storage_full"
 
 
+class StorageBusy(StorageFailed):
+    code = "storage_busy"
+
+
+class Fenced(StorageFailed):
+    code = "fenced"
+
+
 class Overloaded(CountersError):
     http_status = 503
     retry_safe = True
@@ -118,3 +132,7 @@ class ConfigError(CountersError):
 
 class LayoutMismatch(ConfigError):
     code = "layout_mismatch"
+
+
+class StorageDirInUse(ConfigError):
+    code = "storage_dir_in_use"

@@ -5,10 +5,15 @@ directly.
 
 Lifecycle and failure semantics of a host:
 
-- Construction never touches the disk, so a host always starts. The storage dir's layout is bound
-  and the SQLite file opened on the first batch, and again on every batch until that succeeds: a
-  storage dir that is missing, read-only or mismatched fails the operations with a clear error
-  instead of killing the actor, and the host recovers by itself once the cause is gone.
+- Construction never touches the disk, so a host always starts. On the first batch, and again on
+  every batch until that succeeds, the host binds the storage dir's layout, claims the dir for
+  its service and locks its file (`storage_dir.py`), and opens the file, taking it over with a
+  new epoch (`sqlite_store.py`): a storage dir that is missing, read-only, mismatched or held by
+  another writer fails the operations with a clear error instead of killing the actor, and the
+  host recovers by itself once the cause is gone. The locks are held for the host's life.
+- Fenced: a commit that finds a newer writer's epoch in the file stores nothing, and from then
+  on the host fails every operation with Fenced (retry-safe: nothing was stored) without
+  touching the file; its actor exits, and the client resends to the current host.
 - `apply` looks up the batch's operation ids on disk (`applied_log.py`), then runs its operations
   one after another, each against its object's storage. An operation that raises fails alone:
   its writes are dropped and its caller gets the error. An operation whose id the object already
@@ -27,6 +32,8 @@ Lifecycle and failure semantics of a host:
 from __future__ import annotations
 
 import inspect
+import os
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -37,6 +44,7 @@ from typing import Any
 from .applied_log import AppliedOp, Retention
 from .errors import (
     CountersError,
+    Fenced,
     IdempotencyKeyReused,
     InvalidInput,
     StorageFailed,
@@ -46,7 +54,7 @@ from .object_storage import ObjectStorage, decode_value, encode_value
 from .operations import Operation, Outcome
 from .placement import Layout
 from .sqlite_store import SqliteStore
-from .storage_dir import StorageDir
+from .storage_dir import ServiceId, StorageDir
 from .validation import validate_name
 
 __all__ = ["HostConfig", "ObjectHost"]
@@ -79,6 +87,7 @@ class ObjectHost:
         layout: Layout,
         config: HostConfig | None = None,
         clock: Callable[[], float] = time.time,
+        service: ServiceId | None = None,
     ) -> None:
         self.object_class = object_class
         self.host_name = host_name
@@ -87,6 +96,12 @@ class ObjectHost:
         self._clock = clock
         self._storage_dir = StorageDir(Path(storage_dir))
         self._store: SqliteStore | None = None
+        # Hosts made without a service (tests, tools) belong to their process.
+        self._service = service or ServiceId(
+            f"process-{os.getpid()}", f"counters hosts in process {os.getpid()}"
+        )
+        self._locks: list[int] = []  # descriptors held for the host's life (storage_dir.py)
+        self.fenced: Fenced | None = None  # set once a newer writer took the file over
         self._objects: OrderedDict[str, _Active] = OrderedDict()  # least recently used first
         self._arities: dict[str, tuple[int, int]] = {}  # method -> (least, most) arguments
         self._batches = 0
@@ -100,6 +115,8 @@ class ObjectHost:
         self._batches += 1
         self._operations += len(operations)
         try:
+            if self.fenced is not None:
+                raise self.fenced
             store = self._open_store()
         except CountersError as error:
             return tuple(Outcome(error=error) for _ in operations)
@@ -119,7 +136,16 @@ class ObjectHost:
             self._run(operation, store, touched, seen, recorded, now) for operation in operations
         )
         if not recorded and not any(a.storage.has_staged() for a in touched.values()):
-            return outcomes  # a batch of reads needs no commit
+            # A batch of reads needs no commit, but answers from memory only while the file is
+            # still ours: checked after reading, so no newer writer came in between.
+            try:
+                store.check_owner()
+            except StorageFailed as error:
+                if isinstance(error, Fenced):
+                    self._fence(error)
+                return tuple(Outcome(error=error) for _ in operations)
+            self._cap_objects()
+            return outcomes
         try:
             store.write(
                 changes=(
@@ -136,11 +162,12 @@ class ObjectHost:
             for name in touched:
                 # The file may know better than our cache after a failed commit: reload it.
                 self._objects.pop(name, None)
+            if isinstance(error, Fenced):
+                self._fence(error)
             return tuple(Outcome(error=error) for _ in operations)
         for active in touched.values():
             active.storage.commit()
-        if len(self._objects) > self.config.max_objects:
-            self.sweep()
+        self._cap_objects()
         return outcomes
 
     def call(self, object_name: str, method: str, *args: Any, op_id: str | None = None) -> Any:
@@ -162,10 +189,18 @@ class ObjectHost:
         return dropped
 
     def forget_expired_ids(self) -> int:
-        """Forget the ids past the retention window; how many."""
+        """Forget the ids past the retention window (never within the floor); how many."""
         if self._store is None:
             return 0
-        return self._store.forget_applied_before(self._clock() - self.config.retention.window)
+        return self._store.forget_applied_before(
+            self.config.retention.expired_before(self._clock())
+        )
+
+    def _cap_objects(self) -> None:
+        # After every batch, reads included: a stream of new names never grows memory past the
+        # cap, whoever calls and whether or not anything sweeps.
+        if len(self._objects) > self.config.max_objects:
+            self.sweep()
 
     def idle_for(self) -> float:
         """Seconds since the last batch."""
@@ -268,8 +303,33 @@ class ObjectHost:
     def _open_store(self) -> SqliteStore:
         if self._store is None:
             self._storage_dir.bind_layout(self.layout)
-            self._store = SqliteStore(self._storage_dir.host_path(self.host_name), self.host_name)
+            if not self._locks:
+                claim = self._storage_dir.claim(self._service)
+                try:
+                    self._locks = [claim, self._storage_dir.lock_host_file(self.host_name)]
+                except BaseException:
+                    os.close(claim)
+                    raise
+            writer = f"pid {os.getpid()} on {socket.gethostname()}, {self._service.description}"
+            self._store = SqliteStore(
+                self._storage_dir.host_path(self.host_name), self.host_name, writer
+            )
         return self._store
+
+    def _fence(self, error: Fenced) -> None:
+        """A newer writer owns the file: forget everything, write nothing ever again."""
+        self.fenced = error
+        self._objects.clear()
+        self.close()
+
+    def close(self) -> None:
+        """Let go of the file and the locks (a host that exits; tests)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        for fd in self._locks:
+            os.close(fd)
+        self._locks = []
 
 
 def _request(method: str, args: tuple[Any, ...]) -> str:

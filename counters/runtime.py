@@ -12,12 +12,16 @@ with the same operation ids, which the host applies once (see `client.py`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gc
 import json
 import os
+import secrets
+import socket
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -26,18 +30,19 @@ from ray.actor import ActorClass, ActorHandle
 from ray.experimental import internal_kv
 
 from .channel import ChannelAddress, ChannelServer
-from .errors import ConfigError
+from .errors import ConfigError, CountersError
 from .group_commit import GroupCommit
 from .host import ObjectHost
 from .operations import Operation, Outcome
 from .placement import Layout, Placement, default_shards
 from .settings import Settings
-from .storage_dir import StorageDir
+from .storage_dir import ServiceId, StorageDir
 
 __all__ = [
     "agree_on_service",
     "get_or_create_host",
     "host_actor_class",
+    "service_id",
     "service_layout",
     "start_ray",
     "tune_gc",
@@ -76,14 +81,51 @@ class _RayHost(ObjectHost):
         self._channel: ChannelServer | None = None
         # Batches waiting for the writer (from several clients) are committed together.
         self._group = GroupCommit(
-            functools.partial(ObjectHost.apply, self), self._serial, lambda: self._exiting
+            functools.partial(ObjectHost.apply, self),
+            self._serial,
+            lambda: self._exiting or self.fenced is not None,
         )
+        self._handle = ray.get_runtime_context().current_actor
+        threading.Thread(target=self._maintain, name="counters-host-upkeep", daemon=True).start()
         tune_gc()
 
     def apply(self, operations: Sequence[Operation]) -> tuple[Outcome, ...]:
         outcomes = self._group.apply(operations)
         assert outcomes is not None  # only channel batches are refused
+        if self.fenced is not None:
+            # Nothing was stored. Raised rather than answered, so the client resends the whole
+            # batch, with its ids, to the host that replaced us; and we leave.
+            self._leave()
+            raise self.fenced
         return outcomes
+
+    def _maintain(self) -> None:
+        """Upkeep on the host's own clock, whoever its clients are and whether any gateway
+        runs: idle objects leave memory, ids past the window are forgotten, and a per-name
+        host idle past the timeout exits (Ray runs that call between batches)."""
+        idle = self.config.idle_timeout
+        per_name = self.layout.placement is Placement.PER_NAME
+        while True:
+            time.sleep(min(30.0, max(0.5, idle / 4)))
+            with self._serial:
+                if self._exiting or self.fenced is not None:
+                    return
+                self.sweep()
+                with contextlib.suppress(CountersError):  # tried again next round
+                    self.forget_expired_ids()
+            if per_name and self.idle_for() > idle:
+                self._handle.passivate_if_idle.remote(idle)
+
+    def _leave(self) -> None:
+        if not self._exiting:
+            self._exiting = True
+            if self._channel is not None:
+                self._channel.close()
+            self._handle.exit.remote()
+
+    def exit(self) -> None:
+        """Exit for good: Ray does not restart an actor that exits by itself."""
+        ray.actor.exit_actor()  # type: ignore[no-untyped-call]
 
     def sweep(self) -> int:
         with self._serial:
@@ -122,6 +164,7 @@ class _RayHost(ObjectHost):
             self._exiting = True  # no batch after this: a successor may start at once
             if self._channel is not None:
                 self._channel.close()
+            self.close()  # the successor need not wait for this process to end
         ray.actor.exit_actor()  # type: ignore[no-untyped-call]
         return True  # not reached: exit_actor ends the actor
 
@@ -130,7 +173,11 @@ class _RayHost(ObjectHost):
 
 
 def get_or_create_host(
-    object_class: type, host_name: str, settings: Settings, layout: Layout
+    object_class: type,
+    host_name: str,
+    settings: Settings,
+    layout: Layout,
+    service: ServiceId | None = None,
 ) -> ActorHandle[Any]:
     """The handle of host `host_name`, creating it if it does not exist.
 
@@ -153,7 +200,12 @@ def get_or_create_host(
         options["resources"] = {settings.host_resource: 0.001}
     actor_class = host_actor_class(object_class)
     handle = actor_class.options(**options).remote(
-        object_class, host_name, str(settings.storage_path), layout, settings.host_config()
+        object_class,
+        host_name,
+        str(settings.storage_path),
+        layout,
+        settings.host_config(),
+        service=service or service_id(settings.namespace, object_class.__name__),
     )
     return cast(ActorHandle[Any], handle)
 
@@ -198,9 +250,19 @@ def agree_on_service(settings: Settings, object_class: type, join: bool = False)
         if unset:
             settings = dataclasses.replace(settings, shards=_new_shards(settings, object_class))
         # internal_kv is Ray's private key-value store in the GCS; put with overwrite=False is
-        # atomic, so of several first clients exactly one record wins.
+        # atomic, so of several first clients exactly one record wins. The id is the service's
+        # own: hosts claim the storage dir with it (storage_dir.py).
+        record = {
+            **_service_fields(settings),
+            "service_id": secrets.token_hex(16),
+            "description": (
+                f"the counters service in Ray namespace {settings.namespace!r} of the Ray at "
+                f"{ray.get_runtime_context().gcs_address}, started by pid {os.getpid()} on "
+                f"{socket.gethostname()}"
+            ),
+        }
         internal_kv._internal_kv_put(
-            key, json.dumps(_service_fields(settings)), overwrite=False, namespace=_KV_NAMESPACE
+            key, json.dumps(record), overwrite=False, namespace=_KV_NAMESPACE
         )
         recorded = _recorded_service(key)
     if recorded is None:
@@ -219,7 +281,7 @@ def agree_on_service(settings: Settings, object_class: type, join: bool = False)
     if unset:  # whoever recorded the service decided it
         settings = dataclasses.replace(settings, shards=recorded["shards"])
     mine = _service_fields(settings)
-    if recorded != mine:
+    if any(recorded[name] != mine[name] for name in _SERVICE_FIELDS):
         differences = ", ".join(
             f"{name} {recorded[name]!r} (not {mine[name]!r})"
             for name in _SERVICE_FIELDS
@@ -232,18 +294,29 @@ def agree_on_service(settings: Settings, object_class: type, join: bool = False)
     return settings
 
 
+def service_id(namespace: str, class_name: str) -> ServiceId:
+    """The id of the service running in Ray namespace `namespace`, as it claims storage."""
+    recorded = _running_service(namespace, class_name)
+    return ServiceId(recorded["service_id"], recorded["description"])
+
+
 def service_layout(namespace: str = "counters", class_name: str = "Counter") -> Layout:
     """How the service running in Ray namespace `namespace` places names on host actors.
 
     For callers using bare Ray: ``service_layout().host_for("A")`` is the name of the host actor
     serving ``A``. Needs a connected Ray; ConfigError if no service has run in that namespace.
     """
+    recorded = _running_service(namespace, class_name)
+    return Layout(class_name, Placement(recorded["placement"]), recorded["shards"])
+
+
+def _running_service(namespace: str, class_name: str) -> dict[str, Any]:
     recorded = _recorded_service(f"{namespace}/{class_name}")
     if recorded is None:
         raise ConfigError(
             f"no counters service has run in Ray namespace {namespace!r} on this cluster yet"
         )
-    return Layout(class_name, Placement(recorded["placement"]), recorded["shards"])
+    return recorded
 
 
 def _service_fields(settings: Settings) -> dict[str, Any]:

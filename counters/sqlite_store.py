@@ -8,14 +8,20 @@ The contract, which every caller relies on:
 - All or nothing. If any part of `write` fails (disk full, read-only file, I/O error), the
   transaction is rolled back and `StorageFailed` is raised: the file holds exactly what it held
   before, and the caller must treat every change of that write as not stored.
-- One writer. Only the host actor that owns the file opens it; Ray's serial execution of that
-  actor is what makes it the single writer.
+- One writer, checked in every commit. Opening the file takes ownership of it: the ``epoch`` in
+  its ``meta`` table goes up by one, and this store remembers its own. Every transaction that
+  writes reads the epoch inside the transaction, under SQLite's write lock, and a store that
+  finds another epoch there has been replaced by a newer writer: it commits nothing and raises
+  `Fenced`. (The host also holds an exclusive lock on the file for its lifetime, `storage_dir.py`,
+  so that a second writer is refused before it starts; the epoch is what still holds where such
+  locks do not, on a network filesystem, say.)
 - Numbered migrations. The schema is brought up to date when the file is opened, each step in its
   own transaction and recorded in ``schema_version``, so an older file opens with a newer release.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Iterable, Iterator, Set
 from contextlib import contextmanager
@@ -24,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .applied_log import AppliedOp
-from .errors import StorageFailed, StorageFull
+from .errors import Fenced, StorageFailed, StorageFull
 from .object_storage import DELETED
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
@@ -91,8 +97,19 @@ _IN_LIST = 500  # ids bound in one IN list at most, well under SQLite's limit
 # and the whole of it for both in one.
 _COUNT = "SELECT (SELECT min(seq) FROM applied_ids), (SELECT max(seq) FROM applied_ids)"
 # Among the ids numbered [?, ?), the first recorded at or after a time: where forgetting stops.
+_OLDEST = "SELECT at FROM applied_ids ORDER BY seq LIMIT 1"
 _FIRST_SINCE = (
     "SELECT seq FROM applied_ids WHERE seq >= ? AND seq < ? AND at >= ? ORDER BY seq LIMIT 1"
+)
+
+_EPOCH = "SELECT value FROM meta WHERE key = 'epoch'"
+_TAKE_OVER = (
+    "INSERT INTO meta (key, value) VALUES ('epoch', '1') "
+    "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+)
+_WRITER = (
+    "INSERT INTO meta (key, value) VALUES ('writer', ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
 
 Change = tuple[str, str, Any]  # (object, key, JSON text or DELETED)
@@ -103,11 +120,16 @@ Oldest = tuple[int, float]  # (at most this many of the oldest ids, those record
 class SqliteStore:
     """The SQLite file of one host; see the module docstring for its contract."""
 
-    def __init__(self, path: Path, host_name: str) -> None:
+    def __init__(self, path: Path, host_name: str, writer: str = "") -> None:
+        """Open (creating, migrating) the file and take ownership of it; `writer` says who we
+        are in the file (process, service), for an operator reading it."""
         self.path = path
         # The ids remembered, counted on first use and then kept by our own writes (we are the
         # file's one writer): the host asks at every commit.
         self._remembered: int | None = None
+        # When the oldest id remembered was recorded, once known (inf: none): a commit with
+        # nothing to forget then costs no query.
+        self._oldest_at: float | None = None
         db: sqlite3.Connection | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,12 +139,42 @@ class SqliteStore:
             db.execute("PRAGMA synchronous=FULL")
             self._migrate()
             self._record_owner(host_name)
+            self.epoch = self._take_over(writer)
         except (OSError, sqlite3.Error) as error:
             if db is not None:
                 # A half-open connection keeps SQLite's shared memory of the file in this
                 # process as it found it (read-only, say), and every later open would inherit it.
                 db.close()
             raise StorageFailed(f"cannot open storage {path}: {error}") from None
+
+    def _take_over(self, writer: str) -> str:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(_TAKE_OVER)
+            self._db.execute(_WRITER, (writer,))
+            (epoch,) = self._db.execute(_EPOCH).fetchone()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return str(epoch)
+
+    def check_owner(self) -> None:
+        """Raise Fenced if another store has taken the file over since we opened it.
+
+        For reads: alone it proves nothing once it returns, but a host that answers reads
+        from memory learns this way, within a batch, that its memory may be stale.
+        """
+        with self._failing("read"):
+            (epoch,) = self._db.execute(_EPOCH).fetchone()
+        if epoch != self.epoch:
+            raise self._fenced(epoch)
+
+    def _fenced(self, epoch: str) -> Fenced:
+        return Fenced(
+            f"storage {self.path} was taken over by a newer writer (epoch {epoch}, ours "
+            f"{self.epoch}); nothing of this call was stored"
+        )
 
     def schema_version(self) -> int:
         row = self._db.execute("SELECT max(version) FROM schema_version").fetchone()
@@ -183,24 +235,19 @@ class SqliteStore:
         forgets = forget_oldest is not None and forget_oldest[0] > 0
         if not (upserts or deletes or records or forgets):
             return
-        with self._failing("write", ", nothing of it was stored"):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, rows in ((_UPSERT, upserts), (_DELETE, deletes), (_RECORD, records)):
-                    if rows:
-                        self._db.executemany(sql, rows)
-                forgotten = 0 if forget_oldest is None else self._forget_oldest(*forget_oldest)
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+        with self._owned_transaction("write", ", nothing of it was stored"):
+            for sql, rows in ((_UPSERT, upserts), (_DELETE, deletes), (_RECORD, records)):
+                if rows:
+                    self._db.executemany(sql, rows)
+            forgotten = 0 if forget_oldest is None else self._forget_oldest(*forget_oldest)
         self._count(len(records) - forgotten)
+        if records and self._oldest_at == math.inf:
+            self._oldest_at = None  # no longer empty: read it when next needed
 
     def forget_applied_before(self, at: float) -> int:
         """Forget the oldest ids, up to the first recorded at or after `at`; how many."""
-        with self._failing("sweep"):
-            forgotten = self._forget_oldest(self.applied_count(), at)  # one DELETE: atomic alone
+        with self._owned_transaction("sweep"):
+            forgotten = self._forget_oldest(self.applied_count(), at)
         self._count(-forgotten)
         return forgotten
 
@@ -213,12 +260,37 @@ class SqliteStore:
         # front of the table: one range delete, and the scan for its end reads only that range.
         if count <= 0:
             return 0
+        if self._oldest_at is None:
+            oldest = self._db.execute(_OLDEST).fetchone()
+            self._oldest_at = math.inf if oldest is None else oldest[0]
+        if self._oldest_at >= before:
+            return 0  # the common case: nothing old enough, and no query spent finding out
         first, _ = self._db.execute(_COUNT).fetchone()
         if first is None:
             return 0
         young = self._db.execute(_FIRST_SINCE, (first, first + count, before)).fetchone()
         end = young[0] if young else first + count
+        self._oldest_at = None  # read again when next needed (also right if this rolls back)
         return self._db.execute("DELETE FROM applied_ids WHERE seq < ?", (end,)).rowcount
+
+    @contextmanager
+    def _owned_transaction(self, doing: str, consequence: str = "") -> Iterator[None]:
+        """One transaction that commits only if the file is still ours, else Fenced."""
+        with self._failing(doing, consequence):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                # The fence, inside the transaction: SQLite's write lock, taken by BEGIN
+                # IMMEDIATE, keeps the epoch as read until COMMIT. Another writer's epoch means
+                # we were replaced and our memory may be stale: store nothing.
+                (epoch,) = self._db.execute(_EPOCH).fetchone()
+                if epoch != self.epoch:
+                    raise self._fenced(epoch)
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     @contextmanager
     def _failing(self, doing: str, consequence: str = "") -> Iterator[None]:

@@ -3,22 +3,51 @@
 A storage directory is bound to one layout (object class, placement, shard count) the first time
 a host opens it, recorded in ``layout.json``. Opening it later with another layout is refused:
 names would hash onto other files and their values would seem lost.
+
+One writer, enforced by the kernel where the data is:
+
+- A file, one host. A host holds an exclusive `flock` on its file's ``.lock`` for as long as it
+  lives (the kernel drops it when the process dies, however it dies). A second process that
+  wants the file waits a moment for a dying predecessor to let go, then gives up with
+  StorageBusy.
+- A dir, one service. Every host also holds a shared lock on ``owner.lock``, which names the
+  service (Ray cluster and namespace) whose hosts use the dir. A host of another service is
+  refused with StorageDirInUse while any host of the owner lives; once none does, the dir
+  passes to the next service that opens it. `counters serve` asks the same question before it
+  starts, and refuses to start.
+
+Locks are advisory and local: they hold between processes of one machine, which is where a
+SQLite storage dir lives. The epoch checked in every commit (`sqlite_store.py`) is the fence
+that still holds where they do not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import random
 import tempfile
+import time
 from pathlib import Path
+from typing import NamedTuple
 
-from .errors import LayoutMismatch, StorageFailed
+from .errors import LayoutMismatch, StorageBusy, StorageDirInUse, StorageFailed
 from .placement import Layout, Placement, host_file_name
 
-__all__ = ["StorageDir"]
+__all__ = ["ServiceId", "StorageDir"]
 
 LAYOUT_FILE = "layout.json"
+OWNER_FILE = "owner.lock"
+LOCK_WAIT = 5.0  # seconds a host waits for a dying predecessor to let go of its file
+
+
+class ServiceId(NamedTuple):
+    """Which service a host belongs to: a random id per service, and words for people."""
+
+    id: str
+    description: str
 
 
 class StorageDir:
@@ -27,6 +56,71 @@ class StorageDir:
 
     def host_path(self, host: str) -> Path:
         return self.path / "hosts" / host_file_name(host)
+
+    def lock_host_file(self, host: str, wait: float = LOCK_WAIT) -> int:
+        """Lock `host`'s file for this process: a descriptor to keep open for the host's life.
+
+        Raises StorageBusy if another process still holds it after `wait` seconds.
+        """
+        path = self.host_path(host).with_suffix(".lock")
+        fd = _open_lock(path)
+        if not _flock(fd, fcntl.LOCK_EX, wait):
+            os.close(fd)
+            raise StorageBusy(
+                f"the file of host {host} in storage dir {self.path} is held by another "
+                f"process ({path}); a second writer is refused, nothing was stored"
+            )
+        return fd
+
+    def claim(self, service: ServiceId, wait: float = LOCK_WAIT) -> int:
+        """Hold the dir for `service`: a descriptor to keep open for the host's life.
+
+        Raises StorageDirInUse while a live host of another service holds it.
+        """
+        fd = _open_lock(self.path / OWNER_FILE)
+        give_up = time.monotonic() + wait
+        try:
+            while True:
+                if not _flock(fd, fcntl.LOCK_SH, max(0.0, give_up - time.monotonic())):
+                    break  # a claim in progress did not finish: count it as in use
+                owner = _read_owner(fd)
+                if owner is not None and owner.id == service.id:
+                    return fd  # ours: keep the shared lock
+                # Another service's, or nobody's: ours only if no host holds it at all. (Linux
+                # gives up the shared lock while it tries for the exclusive one.)
+                if _flock(fd, fcntl.LOCK_EX, 0):
+                    _write_owner(fd, service)
+                    continue  # back to shared, and check again that it is still ours
+                if time.monotonic() >= give_up:
+                    break
+                time.sleep(random.uniform(0.005, 0.02))  # a host of ours may be claiming it
+            raise StorageDirInUse(self._in_use_message(_read_owner(fd)))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def refuse_if_in_use(self, service: ServiceId) -> None:
+        """Raise StorageDirInUse if a live host of another service holds the dir."""
+        path = self.path / OWNER_FILE
+        if not path.exists():
+            return
+        fd = _open_lock(path)
+        try:
+            if _flock(fd, fcntl.LOCK_EX, 0):
+                return  # no host holds it
+            owner = _read_owner(fd)
+            if owner is None or owner.id != service.id:
+                raise StorageDirInUse(self._in_use_message(owner))
+        finally:
+            os.close(fd)
+
+    def _in_use_message(self, owner: ServiceId | None) -> str:
+        who = owner.description if owner is not None else "another counters service"
+        return (
+            f"storage dir {self.path} is in use by {who}; two services on one storage dir "
+            "would overwrite each other's counts. Stop that service, join it (same Ray "
+            "address and namespace), or use another storage dir"
+        )
 
     def recorded_shards(self, class_name: str) -> int | None:
         """The shard count this dir was laid out with for `class_name`, sharded; else None.
@@ -74,3 +168,38 @@ class StorageDir:
                 f"but this service is configured as {wanted}; use the same placement and shard "
                 "count, or another storage dir"
             )
+
+
+def _open_lock(path: Path) -> int:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise StorageFailed(f"cannot open lock file {path}: {error}") from None
+
+
+def _flock(fd: int, kind: int, wait: float) -> bool:
+    """Take `kind` (shared or exclusive) on `fd`, trying for up to `wait` seconds."""
+    give_up = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= give_up:
+                return False
+            time.sleep(0.01)
+
+
+def _read_owner(fd: int) -> ServiceId | None:
+    try:
+        recorded = json.loads(os.pread(fd, 4096, 0) or b"null")
+        return ServiceId(recorded["id"], recorded["description"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _write_owner(fd: int, service: ServiceId) -> None:
+    data = json.dumps(service._asdict()).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)

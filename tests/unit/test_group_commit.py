@@ -91,6 +91,7 @@ def test_batches_waiting_together_are_committed_in_one_transaction(tmp_path: Pat
         [1, 2],
     ]
     assert host.stats()["batches"] == 1
+    host.close()  # its process gone, as after a crash
     on_disk = new_host(tmp_path)
     assert on_disk.call("A", "get_counter_value") == 12
     assert on_disk.call("B", "get_counter_value") == 2
@@ -104,6 +105,7 @@ def test_a_batch_sent_twice_in_one_group_is_applied_once(tmp_path: Path) -> None
     waiters.send(1, batch)
     waiters.release()
     assert values(waiters.answers[0]) == values(waiters.answers[1]) == [1, 2]
+    host.close()
     assert new_host(tmp_path).call("A", "get_counter_value") == 2
 
 
@@ -129,6 +131,7 @@ def test_a_refusing_host_refuses_channel_batches_and_applies_the_rest(tmp_path: 
     waiters.release()
     assert waiters.answers[0] is None
     assert values(waiters.answers[1]) == [1]
+    host.close()
     assert new_host(tmp_path).call("A", "get_counter_value") == 1
 
 
@@ -173,6 +176,7 @@ def test_many_threads_at_once_lose_and_double_nothing(tmp_path: Path) -> None:
     for thread in threads:
         thread.join(60)
     assert sorted(seen) == list(range(1, 801))
+    host.close()
     assert new_host(tmp_path).call("A", "get_counter_value") == 800
 
 

@@ -55,6 +55,7 @@ def test_a_batch_runs_in_order_and_commits_once(tmp_path: Path) -> None:
     assert values(outcomes) == [1, 10, 3, 3, 9]
     assert host.stats() == {"batches": 1, "operations": 5, "objects": 2, "passivated": 0}
     # A new host on the same files (an actor restarted after a crash) sees it all.
+    host.close()  # its process gone, as after a crash
     again = make_host(tmp_path)
     assert values(again.apply([Operation("A", "get_counter_value")])) == [3]
     assert again.call("B", "get_counter_value") == 9
@@ -85,6 +86,7 @@ def test_a_failing_operation_fails_alone(tmp_path: Path) -> None:
         InvalidName,
         4,
     ]
+    host.close()  # its process gone, as after a crash
     again = make_host(tmp_path)
     assert again.call("A", "get_counter_value") == INT64_MAX
     assert again.call("B", "get_counter_value") == 4
@@ -134,6 +136,7 @@ def test_a_failed_commit_acknowledges_nothing_and_recovers(tmp_path: Path) -> No
     assert host.call("A", "get_counter_value") == 5
     store._db.execute("PRAGMA max_page_count=1073741823")
     assert values(host.apply(batch))[-2:] == [6, 6]
+    host.close()
     assert make_host(tmp_path).call("n2999", "get_counter_value") == 1
 
 
@@ -176,6 +179,7 @@ def test_an_operation_id_is_applied_once(tmp_path: Path) -> None:
     )
     assert values(outcomes) == [6, 6, 5, 5]
     # The ids are on disk with the change: a restarted host still knows them.
+    host.close()  # its process gone, as after a crash
     again = make_host(tmp_path)
     assert again.call("A", "increment", 1, op_id="k2") == 6
     assert again.call("A", "get_counter_value") == 6
