@@ -8,7 +8,7 @@ counters = Namespace(settings)      # like the example's env.COUNTERS
 await counters.get_by_name("A").increment()
 """
 
-from .client import BlockingCounterStub, CounterStub, Namespace, new_op_id
+from .client import BlockingCounterStub, CounterStub, Namespace
 from .counter import Counter
 from .errors import (
     ConfigError,
@@ -24,6 +24,7 @@ from .errors import (
     UnknownMethod,
 )
 from .object_storage import ObjectStorage
+from .op_ids import new_op_id
 from .operations import Operation, Outcome
 from .placement import Layout, Placement
 from .runtime import service_layout, start_ray, tune_gc

@@ -30,14 +30,23 @@ class Retention:
     floor: float = 120.0
 
     def forget_oldest(self, remembered: int, recorded: int, now: float) -> tuple[int, float]:
-        """With `recorded` ids added to `remembered`: how many of the oldest to forget, and
-        the time before which they were recorded (never one younger than the floor).
+        """With `recorded` ids added to `remembered`: how many of the oldest to forget at most,
+        and the time before which they were recorded.
 
-        At most twice the ids recorded (and a few more): a host over the bound catches up
-        without one long commit.
+        Over the bound, the oldest beyond it that are older than the floor; else those past the
+        window. At most twice the ids recorded (and a few more) per commit: a host behind
+        catches up without one long commit, and every commit forgets, so retention holds on
+        every host by itself.
         """
-        over = min(remembered + recorded - self.max_ids, 2 * recorded + 64)
-        return max(0, over), now - self.floor
+        most = 2 * recorded + 64
+        over = remembered + recorded - self.max_ids
+        if over > 0:
+            return min(over, most), now - self.floor
+        return most, self.expired_before(now)
+
+    def expired_before(self, now: float) -> float:
+        """Ids recorded before this time are past the window (never within the floor)."""
+        return now - max(self.window, self.floor)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import logging
 import math
 import random
-import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -44,10 +42,11 @@ from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
 
 from .channel import Channel, ChannelAddress
 from .counter import Counter
-from .errors import CountersError, HostUnavailable, OutcomeUnknown, Overloaded
+from .errors import CountersError, Fenced, HostUnavailable, OutcomeUnknown, Overloaded
+from .op_ids import new_op_id
 from .operations import Operation, Outcome, Results
 from .placement import Layout, Placement
-from .runtime import agree_on_service, get_or_create_host
+from .runtime import agree_on_service, get_or_create_host, service_id
 from .settings import Settings
 from .validation import check_amount, validate_name
 
@@ -55,22 +54,14 @@ __all__ = ["BlockingCounterStub", "CounterStub", "Namespace", "new_op_id"]
 
 log = logging.getLogger(__name__)
 
-# Worth sending again: the host was lost or unreachable, and the operation id makes it safe.
-_RETRYABLE = (OutcomeUnknown, HostUnavailable)
+# Worth sending again: the host was lost, unreachable or replaced (fenced: it stored nothing),
+# and the operation id makes it safe.
+_RETRYABLE = (OutcomeUnknown, HostUnavailable, Fenced)
 _FIRST_BACKOFF = 0.02
 _MAX_BACKOFF = 0.5
 _FORGET_EVERY = 3600.0  # seconds between sweeps of expired operation ids on disk
 _HOST_NAME_CACHE = 100_000
 _CHANNEL_RETRY = 30.0  # seconds on Ray calls after a host's channel could not be opened
-
-
-_OP_ID_PREFIX = secrets.token_urlsafe(9)  # 72 random bits for this process
-_op_ids = itertools.count()
-
-
-def new_op_id() -> str:
-    """A fresh operation id: random per process, then a counter; short, and cheap to make."""
-    return f"{_OP_ID_PREFIX}{next(_op_ids):x}"
 
 
 class Namespace:
@@ -81,7 +72,9 @@ class Namespace:
     ) -> None:
         self.settings = agree_on_service(settings or Settings.load(), object_class, join=join)
         self.object_class = object_class
+        self._reads: frozenset[str] = getattr(object_class, "READS", frozenset())
         self.layout: Layout = self.settings.layout(object_class)
+        self.service = service_id(self.settings.namespace, object_class.__name__)
         self._handles: dict[str, ActorHandle[Any]] = {}
         self._handles_lock = threading.Lock()
         self._lanes: dict[str, _Lane] = {}
@@ -122,6 +115,8 @@ class Namespace:
         no task per call.
         """
         loop = asyncio.get_running_loop()
+        if operation.op_id is None and operation.method not in self._reads:
+            operation = self.with_id(operation)
         host = self.host_for(operation.object_name)
         lane = self._lanes.get(host)
         if lane is None or lane.loop is not loop:
@@ -130,20 +125,22 @@ class Namespace:
 
     def call_blocking(self, operation: Operation) -> Any:
         """`call` for scripts: one round trip per call, no coalescing, the same retries."""
+        if operation.op_id is None and operation.method not in self._reads:
+            operation = self.with_id(operation)
         host = self.host_for(operation.object_name)
         deadline = time.monotonic() + self.settings.deadline
         backoff = _FIRST_BACKOFF
+        failure: CountersError | None = None
         while True:
             self._last_used[host] = time.monotonic()
-            failure: CountersError
             try:
                 ref: Any = self.handle(host).apply.remote((operation,))
                 outcomes = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
             except GetTimeoutError:
-                raise self.gave_up(operation, None) from None
+                raise self.gave_up(operation, failure) from None
             except RayActorError as error:
                 failure = self._lost(host, error)
-            except HostUnavailable as error:
+            except (HostUnavailable, Fenced) as error:
                 failure = error
             else:
                 return cast(tuple[Outcome, ...], outcomes)[0].unwrap()
@@ -151,6 +148,12 @@ class Namespace:
                 raise self.gave_up(operation, failure)
             time.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(2 * backoff, _MAX_BACKOFF)
+
+    @staticmethod
+    def with_id(operation: Operation) -> Operation:
+        """`operation` with a fresh id: a change is resent after a lost answer, and must never
+        travel without one, or the resend could apply it twice."""
+        return operation._replace(op_id=new_op_id())
 
     def handle(self, host: str) -> ActorHandle[Any]:
         """The cached handle of `host`, looked up or created on first use (blocking)."""
@@ -161,7 +164,9 @@ class Namespace:
             handle = self._handles.get(host)
             if handle is None:
                 try:
-                    handle = get_or_create_host(self.object_class, host, self.settings, self.layout)
+                    handle = get_or_create_host(
+                        self.object_class, host, self.settings, self.layout, self.service
+                    )
                 except Exception as error:
                     raise HostUnavailable(f"cannot reach or create host {host}: {error}") from None
                 self._handles[host] = handle
@@ -224,16 +229,19 @@ class Namespace:
         return await asyncio.shield(opening)
 
     async def _open_channel(self, host: str, handle: ActorHandle[Any]) -> Channel | None:
-        address: ChannelAddress = await handle.channel_address.remote()
-        if address.node_id != self._node_id():
-            self._ray_only[host] = math.inf  # on another node: Ray carries its batches
-            return None
         try:
+            address: ChannelAddress = await handle.channel_address.remote()
+            if address.node_id != self._node_id():
+                self._ray_only[host] = math.inf  # on another node: Ray carries its batches
+                return None
             channel = await Channel.open(host, address)
-        except OSError as error:
-            # Its process just died (Ray will answer for the next one), or this process cannot
-            # see the host's socket (another container, say): use Ray for a while.
-            log.warning("no direct channel to host %s, using Ray calls: %s", host, error)
+        except RayActorError:
+            raise  # the host is lost: the lane resends
+        except Exception as error:
+            # Its process just died (Ray will answer for the next one), this process cannot
+            # see the host's socket (another container, say), or anything else: a channel is
+            # only a shortcut, so use Ray for a while.
+            log.warning("no direct channel to host %s, using Ray calls: %r", host, error)
             self._ray_only[host] = time.monotonic() + _CHANNEL_RETRY
             return None
         self._ray_only.pop(host, None)
@@ -328,12 +336,18 @@ class Namespace:
         if channel is not None:
             channel.close()
 
-    def gave_up(self, operation: Operation, error: CountersError | None) -> HostUnavailable:
+    def gave_up(self, operation: Operation, error: CountersError | None) -> CountersError:
+        """What a caller gets when its deadline passes, `error` the last failure of its calls.
+
+        OutcomeUnknown if a host failed while it held the operation (it may have applied it),
+        else HostUnavailable. Either way the same operation id, sent again, is safe.
+        """
         why = f" (last error: {error.message})" if error is not None else ""
         again = f"; retry with the same operation id {operation.op_id}" if operation.op_id else ""
-        return HostUnavailable(
-            f"no host answered within the {self.settings.deadline:g} s deadline{why}{again}"
-        )
+        within = f"within the {self.settings.deadline:g} s deadline"
+        if isinstance(error, OutcomeUnknown):
+            return OutcomeUnknown(f"{error.message}, and no host answered again {within}{again}")
+        return HostUnavailable(f"no host answered {within}{why}{again}")
 
 
 class _Lane:
@@ -376,6 +390,9 @@ class _Lane:
         self._backoff = _FIRST_BACKOFF
         # Strong references: the event loop keeps only weak ones to running tasks.
         self._tasks: set[asyncio.Future[Any]] = set()
+        # Callers whose operation was with a host that failed: at their deadline they learn
+        # that its outcome is unknown. Empty but after a failure, so free on the hot path.
+        self._unknown: dict[asyncio.Future[Any], CountersError] = {}
 
     def submit(self, operation: Operation) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = self.loop.create_future()
@@ -401,6 +418,7 @@ class _Lane:
         task.add_done_callback(self._tasks.discard)
 
     async def _drain(self) -> None:
+        batch: list[_Entry] = []
         try:
             # A sender alone goes on while anything waits; one of several only while enough do.
             while self._waiting and (self._senders == 1 or self._pipelined()):
@@ -412,13 +430,29 @@ class _Lane:
                 # left is not sent either: nobody awaits it.
                 live = self._expire(batch, self.loop.time())
                 batch = [entry for entry in live if not entry[1].done()]
+                if len(batch) < len(live) and self._unknown:
+                    self._forget_unknown(live)
                 if batch:
                     await self._send(batch)
+                batch = []
+        except BaseException as error:
+            # A failure of our own (this must not happen) still answers the batch it held.
+            log.exception("lane to host %s failed", self.host)
+            self._fail(batch, error)
+            raise
         finally:
             self._senders -= 1
+            if self._waiting and self._senders == 0 and not self.loop.is_closed():
+                # Whatever ended this sender, those waiting behind it get another.
+                self._senders += 1
+                self._keep(self.loop.create_task(self._drain()))
 
     async def _send(self, batch: list[_Entry]) -> None:
-        call = self.namespace.send(self.host, [op for op, _, _ in batch])
+        try:
+            call = self.namespace.send(self.host, [op for op, _, _ in batch])
+        except Exception as error:
+            call = self.loop.create_future()
+            call.set_exception(error)
         self._keep(call)
         while not call.done():
             now = self.loop.time()
@@ -439,12 +473,13 @@ class _Lane:
         except _RETRYABLE as error:
             await self._retry_later(batch, error)
             return
-        except BaseException as error:
-            for _, future, _ in batch:
-                if not future.done():
-                    future.set_exception(error)
-            raise
+        except Exception as error:  # not a lost host: resending would not help
+            log.warning("call to host %s failed: %r", self.host, error)
+            self._fail(batch, error)
+            return
         self._backoff = _FIRST_BACKOFF
+        if self._unknown:
+            self._forget_unknown(batch)
         for index, ((_, future, _), value) in enumerate(zip(batch, values, strict=True)):
             if future.done():
                 continue
@@ -459,14 +494,19 @@ class _Lane:
         backoff = self._backoff * random.uniform(0.5, 1.0)
         self._backoff = min(2 * self._backoff, _MAX_BACKOFF)
         again = []
+        unknown = isinstance(error, OutcomeUnknown)
         for entry in batch:
             operation, future, deadline = entry
             if future.done():
                 continue
             if self.loop.time() + backoff < deadline:
                 again.append(entry)
+                if unknown:
+                    self._unknown[future] = error
             else:
-                future.set_exception(self.namespace.gave_up(operation, error))
+                previous = self._unknown.pop(future, None)
+                failure = error if unknown or previous is None else previous
+                future.set_exception(self.namespace.gave_up(operation, failure))
         if again:
             await asyncio.sleep(backoff)
             # Back in submission order among the others waiting, which may include another
@@ -479,8 +519,23 @@ class _Lane:
             if deadline > now:
                 return entries[index:] if index else entries
             if not future.done():
-                future.set_exception(self.namespace.gave_up(operation, None))
+                failure = self._unknown.pop(future, None) if self._unknown else None
+                future.set_exception(self.namespace.gave_up(operation, failure))
         return []
+
+    def _fail(self, batch: list[_Entry], error: BaseException) -> None:
+        for _, future, _ in batch:
+            self._unknown.pop(future, None)
+            if future.done():
+                continue
+            if isinstance(error, Exception):
+                future.set_exception(error)
+            else:
+                future.cancel()
+
+    def _forget_unknown(self, entries: list[_Entry]) -> None:
+        for _, future, _ in entries:
+            self._unknown.pop(future, None)
 
 
 async def _done_or_time(

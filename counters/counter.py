@@ -7,6 +7,8 @@ Durable Objects' input gates make it there.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from .object_storage import ObjectStorage
 from .validation import check_amount, check_count
 
@@ -17,6 +19,10 @@ class Counter:
     """A named 64-bit signed counter that starts at 0."""
 
     __slots__ = ("storage",)
+
+    # Methods that change nothing. Every other method is a change, and a client sends each change
+    # with an operation id, so that resending it after a lost answer cannot apply it twice.
+    READS: ClassVar[frozenset[str]] = frozenset({"get_counter_value"})
 
     def __init__(self, storage: ObjectStorage) -> None:
         self.storage = storage
