@@ -88,11 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         settings = Settings.load(**arguments)
+        if command == "serve":
+            from .serve import serve  # Ray and aiohttp load only when serving
+
+            return serve(settings)
     except ConfigError as error:
         print(f"counters: {error}", file=sys.stderr)
         return 2
-    if command == "serve":
-        from .serve import serve  # Ray and aiohttp load only when serving
-
-        return serve(settings)
     return 2

@@ -15,6 +15,7 @@ from .client import Namespace
 from .placement import Placement
 from .runtime import start_ray, tune_gc
 from .settings import Settings
+from .storage_dir import StorageDir
 
 __all__ = ["serve"]
 
@@ -26,6 +27,8 @@ def serve(settings: Settings) -> int:
     started_ray = start_ray(settings)
     try:
         namespace = Namespace(settings)
+        # The hosts refuse a second service on one storage dir anyway; say so before serving.
+        StorageDir(namespace.settings.storage_path).refuse_if_in_use(namespace.service)
         _use_uvloop()
         asyncio.run(_serve(settings, Gateway(namespace), started_ray))
     finally:

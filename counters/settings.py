@@ -63,7 +63,12 @@ class Settings:
         _check(self.idle_timeout > 0, "idle_timeout", "more than 0 seconds")
         _check(self.max_actors_per_node >= 1, "max_actors_per_node", "at least 1")
         _check(self.max_objects_per_host >= 1, "max_objects_per_host", "at least 1")
-        _check(self.id_retention > 0, "id_retention", "more than 0 seconds")
+        _check(
+            self.id_retention >= self.id_floor,
+            "id_retention",
+            f"at least {self.id_floor:g} seconds (4 deadlines, and 120 s): an id must outlive "
+            "every retry of its operation",
+        )
         _check(self.max_ids_per_host >= 1, "max_ids_per_host", "at least 1")
 
     @classmethod
@@ -87,13 +92,17 @@ class Settings:
 
     def host_config(self) -> HostConfig:
         """What every host actor is created with."""
-        # A retried id must still be known when the retry arrives: keep ids past any deadline.
-        floor = max(120.0, 4 * self.deadline)
         return HostConfig(
-            retention=Retention(self.id_retention, self.max_ids_per_host, floor),
+            retention=Retention(self.id_retention, self.max_ids_per_host, self.id_floor),
             idle_timeout=self.idle_timeout,
             max_objects=self.max_objects_per_host,
         )
+
+    @property
+    def id_floor(self) -> float:
+        """Seconds every id is kept at least: a retried id must still be known when the retry
+        arrives, so past any deadline."""
+        return max(120.0, 4 * self.deadline)
 
     def layout(self, object_class: type) -> Layout:
         """How objects of `object_class` are placed on hosts under these settings.

@@ -73,3 +73,12 @@ def test_switches_read_the_usual_words(text: str, expected: bool) -> None:
 def test_a_switch_refuses_other_words() -> None:
     with pytest.raises(ConfigError, match="COUNTERS_ACCESS_LOG must be true or false"):
         Settings.load(environ={"COUNTERS_ACCESS_LOG": "maybe"})
+
+
+def test_ids_are_kept_past_every_retry() -> None:
+    with pytest.raises(ConfigError, match=r"COUNTERS_ID_RETENTION\) must be at least 120 seconds"):
+        Settings.load(environ={"COUNTERS_ID_RETENTION": "119"})
+    with pytest.raises(ConfigError, match="at least 200 seconds"):
+        Settings.load(environ={}, deadline=50, id_retention=199)
+    settings = Settings.load(environ={}, deadline=50, id_retention=200)
+    assert settings.host_config().retention.floor == 200
