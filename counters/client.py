@@ -19,9 +19,10 @@ Theory of operation.
   dies or cannot be reached, the operation is sent again with the same id, with backoff, until
   ``deadline``; the host applies an id once and answers repeats with the first result. Past the
   deadline the caller gets HostUnavailable, and may retry with the same id itself. Reads retry too.
-- Passivation. `maintain` (run by the gateway in the background) asks hosts to drop idle objects,
-  stops per-name actors idle past ``idle_timeout``, and keeps at most ``max_actors_per_node``
-  of them.
+- Passivation. Hosts drop idle objects and exit when idle by themselves; a per-name host is
+  created only once the service's directory admits it (`directory.py`), so at most
+  ``max_actors_per_node`` live. `maintain` (run by the gateway in the background) only forgets
+  this binding's handles of per-name hosts it has not used for ``idle_timeout``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from .errors import CountersError, Fenced, HostUnavailable, OutcomeUnknown, Over
 from .op_ids import new_op_id
 from .operations import Operation, Outcome, Results
 from .placement import Layout, Placement
-from .runtime import agree_on_service, get_or_create_host, service_id
+from .runtime import agree_on_service, get_or_create_directory, get_or_create_host, service_id
 from .settings import Settings
 from .validation import check_amount, validate_name
 
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 _RETRYABLE = (OutcomeUnknown, HostUnavailable, Fenced)
 _FIRST_BACKOFF = 0.02
 _MAX_BACKOFF = 0.5
-_FORGET_EVERY = 3600.0  # seconds between sweeps of expired operation ids on disk
 _HOST_NAME_CACHE = 100_000
 _CHANNEL_RETRY = 30.0  # seconds on Ray calls after a host's channel could not be opened
 
@@ -79,15 +79,14 @@ class Namespace:
         self._handles_lock = threading.Lock()
         self._lanes: dict[str, _Lane] = {}
         self._last_used: dict[str, float] = {}  # host -> monotonic time of its last call
-        self._last_forget = time.monotonic()
         self._host_names: dict[str, str] = {}
-        self._nodes: dict[str, str] = {}  # per-name host -> Ray node id
         self._channels: dict[str, Channel] = {}  # host -> direct channel (same node only)
         # Hosts whose batches go by Ray until a monotonic time: forever for hosts on another
         # node, a while for one whose socket could not be opened.
         self._ray_only: dict[str, float] = {}
         self._opening: dict[str, asyncio.Task[Channel | None]] = {}
         self._my_node: str | None = None
+        self._directory: ActorHandle[Any] | None = None  # per-name placement only
 
     @classmethod
     def join(cls, namespace: str = "counters", object_class: type = Counter) -> Namespace:
@@ -164,13 +163,29 @@ class Namespace:
             handle = self._handles.get(host)
             if handle is None:
                 try:
+                    if self.layout.placement is Placement.PER_NAME:
+                        self._admit(host)
                     handle = get_or_create_host(
                         self.object_class, host, self.settings, self.layout, self.service
                     )
+                except Overloaded:
+                    raise
                 except Exception as error:
                     raise HostUnavailable(f"cannot reach or create host {host}: {error}") from None
                 self._handles[host] = handle
         return handle
+
+    def _admit(self, host: str) -> None:
+        """A per-name host that is not alive may be created only once the directory admits it
+        (at most ``max_actors_per_node`` live: `directory.py`)."""
+        try:
+            ray.get_actor(host, namespace=self.settings.namespace)
+            return  # alive (or restarting): counted already
+        except ValueError:
+            pass
+        if self._directory is None:
+            self._directory = get_or_create_directory(self.object_class, self.settings)
+        ray.get(self._directory.admit.remote(host), timeout=self.settings.deadline)
 
     def known_hosts(self) -> list[str]:
         """The hosts this binding has reached and not seen stop."""
@@ -183,6 +198,9 @@ class Namespace:
         for host, handle in handles.items():
             self._forget_placement(host)
             ray.kill(handle, no_restart=True)
+        if self._directory is not None:
+            ray.kill(self._directory, no_restart=True)
+            self._directory = None
 
     def send(self, host: str, operations: Sequence[Operation]) -> asyncio.Future[Results]:
         """One call to `host` carrying `operations`: a future of their results, or of
@@ -262,60 +280,21 @@ class Namespace:
         return self._my_node
 
     async def maintain(self) -> None:
-        """One round of passivation over the hosts this binding knows; see the module doc."""
-        idle = self.settings.idle_timeout
-        now = time.monotonic()
-        if self.layout.placement is Placement.PER_NAME:
-            for hosts in (await self._hosts_by_node()).values():
-                by_age = sorted(hosts, key=lambda host: self._last_used.get(host, 0.0))
-                excess = len(by_age) - self.settings.max_actors_per_node
-                for index, host in enumerate(by_age):
-                    # Over the cap, the least recently used go even before their idle time is up.
-                    over_cap = index < excess
-                    if over_cap or now - self._last_used.get(host, 0.0) > idle:
-                        await self._passivate(host, 0.0 if over_cap else idle)
-        else:
-            forget = now - self._last_forget > _FORGET_EVERY
-            if forget:
-                self._last_forget = now
-            for host in list(self._handles):
-                try:
-                    handle = self._handles[host]
-                    await handle.sweep.remote()
-                    if forget:
-                        await handle.forget_expired_ids.remote()
-                except (KeyError, RayActorError):
-                    continue
-
-    async def _hosts_by_node(self) -> dict[str, list[str]]:
-        """The hosts this binding knows, grouped by the Ray node each runs on."""
-        unknown = [host for host in self._handles if host not in self._nodes]
-        found = await asyncio.gather(
-            *(self._handles[host].node_id.remote() for host in unknown), return_exceptions=True
-        )
-        for host, node in zip(unknown, found, strict=True):
-            if isinstance(node, str):
-                self._nodes[host] = node
-        grouped: dict[str, list[str]] = {}
-        for host in self._handles:
-            grouped.setdefault(self._nodes.get(host, "unknown"), []).append(host)
-        return grouped
-
-    async def _passivate(self, host: str, idle_seconds: float) -> None:
-        handle = self._handles.get(host)
-        if handle is None:
+        """Forget what this binding holds for per-name hosts it has not used for
+        ``idle_timeout``: by then they have likely exited by themselves, and a gateway that
+        touches many names must not keep a handle and a lane for each forever. Hosts do their
+        own upkeep (idle objects, old ids, idle exits); the directory bounds how many live."""
+        if self.layout.placement is not Placement.PER_NAME:
             return
-        try:
-            if not await handle.passivate_if_idle.remote(idle_seconds):
-                return  # another client keeps it busy
-        except RayActorError:
-            pass  # it exited, as asked
-        with self._handles_lock:
-            if self._handles.get(host) is handle:
-                del self._handles[host]
-        self._lanes.pop(host, None)
-        self._last_used.pop(host, None)
-        self._forget_placement(host)
+        stale = time.monotonic() - self.settings.idle_timeout
+        for host, used in list(self._last_used.items()):
+            lane = self._lanes.get(host)
+            if used < stale and (lane is None or lane.idle):
+                with self._handles_lock:
+                    self._handles.pop(host, None)
+                self._lanes.pop(host, None)
+                self._last_used.pop(host, None)
+                self._forget_placement(host)
 
     def _lost(self, host: str, error: RayActorError) -> CountersError:
         if isinstance(error, ActorDiedError):
@@ -330,7 +309,6 @@ class Namespace:
 
     def _forget_placement(self, host: str) -> None:
         """A new actor of `host` may start on another node, with another channel."""
-        self._nodes.pop(host, None)
         self._ray_only.pop(host, None)
         channel = self._channels.pop(host, None)
         if channel is not None:
@@ -409,6 +387,11 @@ class _Lane:
             self._senders += 1
             self._keep(self.loop.create_task(self._drain()))
         return future
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits and no call is in flight."""
+        return not self._waiting and self._senders == 0
 
     def _pipelined(self) -> bool:
         return len(self._waiting) >= self._pipeline_at

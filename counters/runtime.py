@@ -30,6 +30,7 @@ from ray.actor import ActorClass, ActorHandle
 from ray.experimental import internal_kv
 
 from .channel import ChannelAddress, ChannelServer
+from .directory import HostDirectory, directory_name
 from .errors import ConfigError, CountersError
 from .group_commit import GroupCommit
 from .host import ObjectHost
@@ -40,6 +41,7 @@ from .storage_dir import ServiceId, StorageDir
 
 __all__ = [
     "agree_on_service",
+    "get_or_create_directory",
     "get_or_create_host",
     "host_actor_class",
     "service_id",
@@ -208,6 +210,32 @@ def get_or_create_host(
         service=service or service_id(settings.namespace, object_class.__name__),
     )
     return cast(ActorHandle[Any], handle)
+
+
+def get_or_create_directory(object_class: type, settings: Settings) -> ActorHandle[Any]:
+    """The handle of the directory that admits per-name hosts (`directory.py`), created if
+    needed; like a host, it is named, detached and restarted after a crash."""
+    options: dict[str, Any] = {
+        "name": directory_name(object_class.__name__),
+        "namespace": settings.namespace,
+        "get_if_exists": True,
+        "lifetime": "detached",
+        "max_concurrency": 1,
+        "max_restarts": -1,
+        "max_task_retries": 0,
+        "num_cpus": 0,
+    }
+    handle = (
+        _directory_class()
+        .options(**options)
+        .remote(settings.namespace, object_class.__name__, settings.max_actors_per_node)
+    )
+    return cast(ActorHandle[Any], handle)
+
+
+@functools.cache
+def _directory_class() -> ActorClass[Any]:
+    return ray.remote(HostDirectory)
 
 
 def start_ray(settings: Settings) -> bool:

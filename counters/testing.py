@@ -128,6 +128,17 @@ class Service:
                 process.kill()
 
 
+def hosts_of(storage_dir: Path) -> list[psutil.Process]:
+    """The host actor processes that hold a file of `storage_dir` open: one service's own."""
+    storage = str(storage_dir.resolve())
+    found = []
+    for process in host_processes():
+        with contextlib.suppress(psutil.Error):
+            if any(f.path.startswith(storage) for f in process.open_files()):
+                found.append(process)
+    return found
+
+
 def host_processes(candidates: list[psutil.Process] | None = None) -> list[psutil.Process]:
     """Processes running a host actor, among `candidates` (default: all on this machine)."""
     found = []
