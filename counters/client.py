@@ -420,7 +420,8 @@ class _Lane:
                 batch = []
         except BaseException as error:
             # A failure of our own (this must not happen) still answers the batch it held.
-            log.exception("lane to host %s failed", self.host)
+            if not isinstance(error, asyncio.CancelledError):
+                log.exception("lane to host %s failed", self.host)
             self._fail(batch, error)
             raise
         finally:
@@ -457,7 +458,8 @@ class _Lane:
             await self._retry_later(batch, error)
             return
         except Exception as error:  # not a lost host: resending would not help
-            log.warning("call to host %s failed: %r", self.host, error)
+            if not isinstance(error, CountersError):
+                log.warning("call to host %s failed: %r", self.host, error)
             self._fail(batch, error)
             return
         self._backoff = _FIRST_BACKOFF
