@@ -114,7 +114,7 @@ class Namespace:
         no task per call.
         """
         loop = asyncio.get_running_loop()
-        if operation.op_id is None and operation.method not in self._reads:
+        if not operation.op_id and operation.method not in self._reads:
             operation = self.with_id(operation)
         host = self.host_for(operation.object_name)
         lane = self._lanes.get(host)
@@ -124,7 +124,7 @@ class Namespace:
 
     def call_blocking(self, operation: Operation) -> Any:
         """`call` for scripts: one round trip per call, no coalescing, the same retries."""
-        if operation.op_id is None and operation.method not in self._reads:
+        if not operation.op_id and operation.method not in self._reads:
             operation = self.with_id(operation)
         host = self.host_for(operation.object_name)
         deadline = time.monotonic() + self.settings.deadline
@@ -509,12 +509,22 @@ class _Lane:
         return []
 
     def _fail(self, batch: list[_Entry], error: BaseException) -> None:
-        for _, future, _ in batch:
+        """Answer `batch` with `error`; one we did not expect as an unknown outcome, which
+        every caller knows how to handle (retry with the id), not as a bare exception."""
+        for operation, future, _ in batch:
             self._unknown.pop(future, None)
             if future.done():
                 continue
-            if isinstance(error, Exception):
+            if isinstance(error, CountersError):
                 future.set_exception(error)
+            elif isinstance(error, Exception):
+                again = f"; retry with the same operation id {operation.op_id}"
+                future.set_exception(
+                    OutcomeUnknown(
+                        f"the call to host {self.host} failed ({error!r}) and may or may not "
+                        f"have been applied{again if operation.op_id else ''}"
+                    )
+                )
             else:
                 future.cancel()
 

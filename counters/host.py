@@ -240,10 +240,8 @@ class ObjectHost:
             method = self._method(active.instance, method_name, args)
         except CountersError as error:
             return Outcome(error=error)
-        if op_id is not None and type(op_id) is not str:  # only from bare Ray callers
-            return Outcome(
-                error=InvalidInput(f"operation ids are text, not {type(op_id).__name__}")
-            )
+        if op_id is not None and (type(op_id) is not str or not op_id):  # bare Ray callers
+            return Outcome(error=InvalidInput(f"operation ids are non-empty text, not {op_id!r}"))
         touched[name] = active
         request = ""
         if op_id is not None:

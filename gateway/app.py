@@ -111,6 +111,11 @@ class Gateway:
             body = {"error": _error_code(error), "message": text}
             headers = {k: v for k, v in error.headers.items() if k.lower() != "content-type"}
             return _respond(request, error.status, text, body, headers)
+        except Exception:  # a bug of ours: still an answer in our form, and the key to retry with
+            log.exception("%s %s failed", request.method, request.path_qs)
+            headers = {"Idempotency-Key": request[OP_ID]} if OP_ID in request else {}
+            text = "internal error; a change may or may not have been applied"
+            return _respond(request, 500, text, {"error": "internal", "message": text}, headers)
 
     @contextlib.asynccontextmanager
     async def maintaining(self) -> AsyncIterator[None]:
