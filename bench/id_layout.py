@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from counters.sqlite_store import _FIND, _RECORD, _UPSERT, MIGRATIONS
+from counters.storage.sqlite import _FIND, _RECORD, _UPSERT, MIGRATIONS
 
 # The statements the store runs on the current layout, and the one it ran on the old.
 RECORD = {

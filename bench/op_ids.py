@@ -18,12 +18,14 @@ import resource
 import sqlite3
 import tempfile
 import time
+from pathlib import Path
 
 from counters.applied_log import Retention
 from counters.counter import Counter
 from counters.host import HostConfig, ObjectHost
 from counters.operations import Operation
 from counters.placement import Layout, Placement
+from counters.storage import StorageDir
 
 BATCH = 20
 
@@ -74,7 +76,7 @@ def main() -> None:
                 clock.now += step
             cpu = (time.process_time() - started) / (per_phase * BATCH) * 1e6
             print(f"{sent:>10,} {cpu:>12.1f} {rss_mib():>8.0f}")
-        path = host._storage_dir.host_path(host.host_name)
+        path = StorageDir(Path(tmp)).host_path(host.host_name)
         with sqlite3.connect(path) as db:
             on_disk = db.execute("SELECT count(*) FROM applied_ids").fetchone()[0]
         clock.now += 1.1  # idle past the timeout: the sweep passivates every counter

@@ -5,12 +5,12 @@ directly.
 
 Lifecycle and failure semantics of a host:
 
-- Construction never touches the disk, so a host always starts. On the first batch, and again on
-  every batch until that succeeds, the host binds the storage dir's layout, claims the dir for
-  its service and locks its file (`storage_dir.py`), and opens the file, taking it over with a
-  new epoch (`sqlite_store.py`): a storage dir that is missing, read-only, mismatched or held by
-  another writer fails the operations with a clear error instead of killing the actor, and the
-  host recovers by itself once the cause is gone. The locks are held for the host's life.
+- Construction never touches storage, so a host always starts. On the first batch, and again on
+  every batch until that succeeds, the host opens its store (`storage/`): the backend binds the
+  layout, claims the storage for the host's service and takes the host's data over with a new
+  epoch. Storage that is missing, read-only, mismatched or held by another writer fails the
+  operations with a clear error instead of killing the actor, and the host recovers by itself
+  once the cause is gone. The store, with its locks, is held for the host's life.
 - Fenced: a commit that finds a newer writer's epoch in the file stores nothing, and from then
   on the host fails every operation with Fenced (retry-safe: nothing was stored) without
   touching the file; its actor exits, and the client resends to the current host.
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -53,8 +52,7 @@ from .errors import (
 from .object_storage import ObjectStorage, decode_value, encode_value
 from .operations import Operation, Outcome
 from .placement import Layout
-from .sqlite_store import SqliteStore
-from .storage_dir import ServiceId, StorageDir
+from .storage import HostStore, ServiceId, Storage, StorageDir
 from .validation import validate_name
 
 __all__ = ["HostConfig", "ObjectHost"]
@@ -83,7 +81,7 @@ class ObjectHost:
         self,
         object_class: type,
         host_name: str,
-        storage_dir: str,
+        storage: Storage | str,
         layout: Layout,
         config: HostConfig | None = None,
         clock: Callable[[], float] = time.time,
@@ -94,13 +92,13 @@ class ObjectHost:
         self.layout = layout
         self.config = config or HostConfig()
         self._clock = clock
-        self._storage_dir = StorageDir(Path(storage_dir))
-        self._store: SqliteStore | None = None
+        # A path is the SQLite backend's storage dir, as tests and tools build hosts.
+        self._storage = StorageDir(Path(storage)) if isinstance(storage, str) else storage
+        self._store: HostStore | None = None
         # Hosts made without a service (tests, tools) belong to their process.
         self._service = service or ServiceId(
             f"process-{os.getpid()}", f"counters hosts in process {os.getpid()}"
         )
-        self._locks: list[int] = []  # descriptors held for the host's life (storage_dir.py)
         self.fenced: Fenced | None = None  # set once a newer writer took the file over
         self._objects: OrderedDict[str, _Active] = OrderedDict()  # least recently used first
         self._arities: dict[str, tuple[int, int]] = {}  # method -> (least, most) arguments
@@ -222,7 +220,7 @@ class ObjectHost:
     def _run(
         self,
         operation: Operation,
-        store: SqliteStore,
+        store: HostStore,
         touched: dict[str, _Active],
         seen: dict[tuple[str, str], AppliedOp],
         recorded: dict[tuple[str, str], AppliedOp],
@@ -274,7 +272,7 @@ class ObjectHost:
             recorded[name, op_id] = AppliedOp(now, request, encode_value(value))
         return Outcome(value=value)
 
-    def _activate(self, name: str, store: SqliteStore, now: float) -> _Active:
+    def _activate(self, name: str, store: HostStore, now: float) -> _Active:
         storage = ObjectStorage(store.load(name))
         active = _Active(self.object_class(storage), storage, now)
         self._objects[name] = active
@@ -298,20 +296,9 @@ class ObjectHost:
         method: Callable[..., Any] = getattr(instance, name)
         return method
 
-    def _open_store(self) -> SqliteStore:
+    def _open_store(self) -> HostStore:
         if self._store is None:
-            self._storage_dir.bind_layout(self.layout)
-            if not self._locks:
-                claim = self._storage_dir.claim(self._service)
-                try:
-                    self._locks = [claim, self._storage_dir.lock_host_file(self.host_name)]
-                except BaseException:
-                    os.close(claim)
-                    raise
-            writer = f"pid {os.getpid()} on {socket.gethostname()}, {self._service.description}"
-            self._store = SqliteStore(
-                self._storage_dir.host_path(self.host_name), self.host_name, writer
-            )
+            self._store = self._storage.open_host(self.host_name, self.layout, self._service)
         return self._store
 
     def _fence(self, error: Fenced) -> None:
@@ -325,9 +312,6 @@ class ObjectHost:
         if self._store is not None:
             self._store.close()
             self._store = None
-        for fd in self._locks:
-            os.close(fd)
-        self._locks = []
 
 
 def _request(method: str, args: tuple[Any, ...]) -> str:

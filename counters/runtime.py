@@ -37,7 +37,7 @@ from .host import ObjectHost
 from .operations import Operation, Outcome
 from .placement import Layout, Placement, default_shards
 from .settings import Settings
-from .storage_dir import ServiceId, StorageDir
+from .storage import ServiceId, StorageDir
 
 __all__ = [
     "agree_on_service",
@@ -279,7 +279,7 @@ def agree_on_service(settings: Settings, object_class: type, join: bool = False)
             settings = dataclasses.replace(settings, shards=_new_shards(settings, object_class))
         # internal_kv is Ray's private key-value store in the GCS; put with overwrite=False is
         # atomic, so of several first clients exactly one record wins. The id is the service's
-        # own: hosts claim the storage dir with it (storage_dir.py).
+        # own: hosts claim the storage with it (storage/).
         record = {
             **_service_fields(settings),
             "service_id": secrets.token_hex(16),

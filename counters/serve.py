@@ -15,7 +15,7 @@ from .client import Namespace
 from .placement import Placement
 from .runtime import start_ray, tune_gc
 from .settings import Settings
-from .storage_dir import StorageDir
+from .storage import StorageDir
 
 __all__ = ["serve"]
 

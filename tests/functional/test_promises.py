@@ -36,7 +36,7 @@ from counters.errors import OutcomeUnknown, StorageDirInUse
 from counters.operations import Operation
 from counters.placement import Placement
 from counters.settings import Settings
-from counters.storage_dir import StorageDir
+from counters.storage.storage_dir import StorageDir
 from counters.testing import Service
 from counters.validation import INT64_MAX
 

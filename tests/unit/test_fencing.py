@@ -19,8 +19,8 @@ from counters.errors import Fenced, StorageBusy
 from counters.host import ObjectHost
 from counters.operations import Operation, Outcome
 from counters.placement import Layout, Placement
-from counters.sqlite_store import SqliteStore
-from counters.storage_dir import StorageDir
+from counters.storage.sqlite import SqliteStore
+from counters.storage.storage_dir import StorageDir
 
 LAYOUT = Layout("Counter", Placement.SHARDED, 1)
 HOST = "Counter.shard-0-of-1"

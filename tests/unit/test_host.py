@@ -27,7 +27,8 @@ from counters.errors import (
 from counters.host import HostConfig, ObjectHost
 from counters.operations import Operation, Outcome
 from counters.placement import Layout, Placement
-from counters.storage_dir import StorageDir
+from counters.storage import SqliteStore
+from counters.storage.storage_dir import StorageDir
 from counters.validation import INT64_MAX
 
 LAYOUT = Layout("Counter", Placement.SHARDED, 2)
@@ -125,7 +126,7 @@ def test_a_failed_commit_acknowledges_nothing_and_recovers(tmp_path: Path) -> No
     host = make_host(tmp_path)
     host.call("A", "increment", 5)
     store = host._store
-    assert store is not None
+    assert isinstance(store, SqliteStore)
     pages = store._db.execute("PRAGMA page_count").fetchone()[0]
     store._db.execute(f"PRAGMA max_page_count={pages}")
     batch = [Operation(f"n{i}", "increment", (1,)) for i in range(3000)]

@@ -13,7 +13,7 @@ import pytest
 from counters.applied_log import AppliedOp
 from counters.errors import StorageFailed, StorageFull
 from counters.object_storage import DELETED
-from counters.sqlite_store import MIGRATIONS, SqliteStore
+from counters.storage.sqlite import MIGRATIONS, SqliteStore
 
 
 def rows(path: Path, table: str) -> int:
@@ -89,7 +89,7 @@ def test_a_read_only_disk_fails_to_open_then_recovers(tiny_disk: Path) -> None:
 CRASHED_WRITER = """
 import os, sys
 from pathlib import Path
-from counters.sqlite_store import SqliteStore
+from counters.storage.sqlite import SqliteStore
 SqliteStore(Path(sys.argv[1]), "h").write([("A", "value", "1")])
 os._exit(0)
 """

@@ -7,7 +7,7 @@ import pytest
 
 from counters.errors import LayoutMismatch
 from counters.placement import Layout, Placement
-from counters.storage_dir import StorageDir
+from counters.storage.storage_dir import StorageDir
 
 
 def test_layout_is_recorded_once_and_then_enforced(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The storage directory: one SQLite file per host actor, and the layout they were written with.
+"""The SQLite backend's storage directory: a file per host actor, the layout they were written
+with, and the locks that make one writer.
 
 A storage directory is bound to one layout (object class, placement, shard count) the first time
 a host opens it, recorded in ``layout.json``. Opening it later with another layout is refused:
@@ -17,7 +18,7 @@ One writer, enforced by the kernel where the data is:
   starts, and refuses to start.
 
 Locks are advisory and local: they hold between processes of one machine, which is where a
-SQLite storage dir lives. The epoch checked in every commit (`sqlite_store.py`) is the fence
+SQLite storage dir lives. The epoch checked in every commit (`sqlite.py`) is the fence
 that still holds where they do not.
 """
 
@@ -28,31 +29,44 @@ import fcntl
 import json
 import os
 import random
+import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
 
-from .errors import LayoutMismatch, StorageBusy, StorageDirInUse, StorageFailed
-from .placement import Layout, Placement, host_file_name
+from ..errors import LayoutMismatch, StorageBusy, StorageDirInUse, StorageFailed
+from ..placement import Layout, Placement, host_file_name
+from .interface import ServiceId
+from .sqlite import SqliteStore
 
-__all__ = ["ServiceId", "StorageDir"]
+__all__ = ["StorageDir"]
 
 LAYOUT_FILE = "layout.json"
 OWNER_FILE = "owner.lock"
 LOCK_WAIT = 5.0  # seconds a host waits for a dying predecessor to let go of its file
 
 
-class ServiceId(NamedTuple):
-    """Which service a host belongs to: a random id per service, and words for people."""
-
-    id: str
-    description: str
-
-
 class StorageDir:
+    """The SQLite backend (`interface.Storage`): a directory on this machine."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    def open_host(self, host: str, layout: Layout, service: ServiceId) -> SqliteStore:
+        """Bind `layout`, claim the dir for `service`, lock `host`'s file and take it over."""
+        self.bind_layout(layout)
+        locks = [self.claim(service)]
+        try:
+            locks.append(self.lock_host_file(host))
+            writer = f"pid {os.getpid()} on {socket.gethostname()}, {service.description}"
+            return SqliteStore(self.host_path(host), host, writer, locks)
+        except BaseException:
+            for fd in locks:
+                os.close(fd)
+            raise
+
+    def describe(self) -> str:
+        return f"storage dir {self.path}"
 
     def host_path(self, host: str) -> Path:
         return self.path / "hosts" / host_file_name(host)

@@ -1,4 +1,4 @@
-"""Durable storage of one host actor: one SQLite file.
+"""The SQLite backend's store of one host actor: one SQLite file (`interface.HostStore`).
 
 The contract, which every caller relies on:
 
@@ -22,16 +22,17 @@ The contract, which every caller relies on:
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Set
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-from .applied_log import AppliedOp
-from .errors import Fenced, StorageFailed, StorageFull
-from .object_storage import DELETED
+from ..applied_log import AppliedOp
+from ..errors import Fenced, StorageFailed, StorageFull
+from ..object_storage import DELETED
+from .interface import Applied, Change, Oldest
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
 
@@ -112,18 +113,18 @@ _WRITER = (
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
 
-Change = tuple[str, str, Any]  # (object, key, JSON text or DELETED)
-Applied = tuple[str, str, AppliedOp]  # (object, op_id, what it did)
-Oldest = tuple[int, float]  # (at most this many of the oldest ids, those recorded before this)
-
 
 class SqliteStore:
     """The SQLite file of one host; see the module docstring for its contract."""
 
-    def __init__(self, path: Path, host_name: str, writer: str = "") -> None:
+    def __init__(
+        self, path: Path, host_name: str, writer: str = "", locks: Iterable[int] = ()
+    ) -> None:
         """Open (creating, migrating) the file and take ownership of it; `writer` says who we
-        are in the file (process, service), for an operator reading it."""
+        are in the file (process, service), for an operator reading it. `locks` are file
+        descriptors held for the store's life, closed with it."""
         self.path = path
+        self._locks = list(locks)
         # The ids remembered, counted on first use and then kept by our own writes (we are the
         # file's one writer): the host asks at every commit.
         self._remembered: int | None = None
@@ -304,6 +305,9 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
+        for fd in self._locks:
+            os.close(fd)
+        self._locks = []
 
     def _migrate(self) -> None:
         self._db.execute(

@@ -1,0 +1,100 @@
+"""What a host needs of durable storage: one small interface, a backend per database.
+
+A `Storage` is a value (a directory, a database address) that pickles into a host actor; there
+the host asks it once for its `HostStore`, which holds the connection, the locks and the epoch
+for as long as the host lives.
+
+The contract every backend keeps, and the shared tests hold each to:
+
+- Persisted before acknowledged. `HostStore.write` returns only after its transaction is
+  durably committed, so a change the host acknowledges survives a crash of the process or the
+  machine.
+- All or nothing. If any part of `write` fails, nothing of it is stored and `StorageFailed` is
+  raised (`StorageFull` when out of space). If the outcome of the commit itself cannot be known
+  (the connection broke during COMMIT), it raises `OutcomeUnknown`; either way the host drops
+  what it cached, and the client resends with the same operation ids.
+- One writer, checked in every commit. Opening a host's store takes ownership of that host's
+  data by raising its epoch; every transaction that writes checks, inside the transaction, that
+  the epoch is still its own, and otherwise stores nothing and raises `Fenced`.
+- Operation ids are recorded in the same transaction as the change they made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Set
+from typing import Any, NamedTuple, Protocol
+
+from ..applied_log import AppliedOp
+from ..placement import Layout
+
+__all__ = ["Applied", "Change", "HostStore", "Oldest", "ServiceId", "Storage"]
+
+Change = tuple[str, str, Any]  # (object, key, JSON text or DELETED)
+Applied = tuple[str, str, AppliedOp]  # (object, op_id, what it did)
+Oldest = tuple[int, float]  # (at most this many of the oldest ids, those recorded before this)
+
+
+class ServiceId(NamedTuple):
+    """Which service a host belongs to: a random id per service, and words for people."""
+
+    id: str
+    description: str
+
+
+class HostStore(Protocol):
+    """The storage of one host, owned by it from opening to `close`."""
+
+    epoch: str
+
+    def load(self, object_name: str) -> dict[str, str]:
+        """One object's committed keys, as JSON text."""
+        ...
+
+    def find_applied(self, wanted: Set[tuple[str, str]]) -> dict[tuple[str, str], AppliedOp]:
+        """The records of those (object, op_id) pairs that were applied and remembered."""
+        ...
+
+    def applied_count(self) -> int:
+        """How many ids the host remembers: exact, or more."""
+        ...
+
+    def write(
+        self,
+        changes: Iterable[Change],
+        applied: Iterable[Applied] = (),
+        forget_oldest: Oldest | None = None,
+    ) -> None:
+        """All of it in one durable transaction, or none of it (see the module's contract)."""
+        ...
+
+    def forget_applied_before(self, at: float) -> int:
+        """Forget the oldest ids, up to the first recorded at or after `at`; how many."""
+        ...
+
+    def check_owner(self) -> None:
+        """Raise Fenced if another store has taken the host's data over since we opened."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the connection and of every lock."""
+        ...
+
+
+class Storage(Protocol):
+    """A backend: where every host of a service keeps its data."""
+
+    def open_host(self, host: str, layout: Layout, service: ServiceId) -> HostStore:
+        """Bind `layout`, claim the storage for `service`, and take `host`'s data over."""
+        ...
+
+    def recorded_shards(self, class_name: str) -> int | None:
+        """The shard count the storage was laid out with for `class_name`, if any."""
+        ...
+
+    def refuse_if_in_use(self, service: ServiceId) -> None:
+        """Raise StorageDirInUse if a live host of another service uses this storage."""
+        ...
+
+    def describe(self) -> str:
+        """Where the data is, for logs and errors (no password)."""
+        ...
