@@ -33,6 +33,7 @@ from counters.channel import Channel
 from counters.client import Namespace, new_op_id
 from counters.counter import Counter
 from counters.errors import OutcomeUnknown, StorageDirInUse
+from counters.op_ids import ID_LENGTH
 from counters.operations import Operation
 from counters.placement import Placement
 from counters.settings import Settings
@@ -43,7 +44,7 @@ from counters.validation import INT64_MAX
 from .conftest import NamespaceFactory, gateway_server
 
 Client = TestClient[Any, Any]
-URL_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{20}")
+URL_SAFE_ID = re.compile(rf"[A-Za-z0-9_-]{{{ID_LENGTH}}}")
 BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 JSON = {"Accept": "application/json"}
 
@@ -169,19 +170,22 @@ async def test_a_key_an_answer_reveals_cannot_swallow_later_changes(
     status, body, revealed = await increment(client, "B")  # past the range: 422, with its key
     assert (status, body["error"]) == (422, "count_out_of_range")
     assert revealed is not None
-    # Someone who saw that answer sends the key, and the keys a counter would make next.
+    # Someone who saw that answer sends the key, the keys with its last character stepped, and
+    # the keys the same process makes next (its counter stepped) with the secret part kept.
+    prefix, counter, secret = revealed[:12], int(revealed[12:22], 16), revealed[22:]
     guesses = [revealed] + [successor(revealed, step) for step in (1, 2, 3)]
+    guesses += [f"{prefix}{counter + step:010x}{secret}" for step in (1, 2, 3)]
     for count, key in enumerate(guesses, start=1):
         assert (await increment(client, "A", key=key))[:2] == (200, {"name": "A", "count": count})
     # Everybody else's changes, with keys the gateway makes: each one applies.
-    for count in (5, 6, 7):
+    for count in (8, 9, 10):
         status, body, made = await increment(client, "A")
         assert (status, body) == (200, {"name": "A", "count": count})
         assert made is None  # a success names no key
-    assert await count_of(client, "A") == 7
+    assert await count_of(client, "A") == 10
 
 
-async def test_keys_the_gateway_makes_share_no_prefix(
+async def test_keys_the_gateway_makes_each_keep_a_secret(
     make_namespace: NamespaceFactory, aiohttp_client: Callable[..., Any]
 ) -> None:
     client = await aiohttp_client(gateway_server(make_namespace(shards=1)))
@@ -192,7 +196,7 @@ async def test_keys_the_gateway_makes_share_no_prefix(
     made = [new_op_id() for _ in range(1000)]  # the function the gateway calls
     for keys in (from_answers, made):
         assert [k for k in keys if not URL_SAFE_ID.fullmatch(k)] == []
-        assert len({key[:12] for key in keys}) == 1000
+        assert len({key[-10:] for key in keys}) == 1000  # 60 random bits each
     assert await count_of(client, "B") == INT64_MAX
 
 

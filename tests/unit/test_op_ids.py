@@ -1,4 +1,4 @@
-"""Operation ids: random, distinct across threads and across forked processes."""
+"""Operation ids: distinct across threads and forked processes, each with a secret part."""
 
 from __future__ import annotations
 
@@ -8,15 +8,20 @@ import threading
 
 from counters.op_ids import ID_LENGTH, new_op_id
 
-URL_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{20}")
+URL_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{32}")
 PER_PROCESS = 5000  # more than one pool of 4096 ids: every child draws a second pool too
 
 
-def test_an_id_is_20_url_safe_characters() -> None:
+def test_an_id_is_32_url_safe_characters_in_the_order_made_with_a_secret_of_its_own() -> None:
     ids = [new_op_id() for _ in range(PER_PROCESS)]
-    assert ID_LENGTH == 20
+    assert ID_LENGTH == 32
     assert [i for i in ids if not URL_SAFE_ID.fullmatch(i)] == []
     assert len(set(ids)) == PER_PROCESS
+    # One process's ids sort in the order made (a host's index takes them at one point)...
+    assert sorted(ids) == ids
+    assert len({i[:12] for i in ids}) == 1
+    # ...and each carries 60 bits of its own that no other id tells.
+    assert len({i[-10:] for i in ids}) == PER_PROCESS
 
 
 def test_forked_children_never_make_their_parents_or_each_others_ids() -> None:
@@ -47,6 +52,8 @@ def test_forked_children_never_make_their_parents_or_each_others_ids() -> None:
     for who, ids in made.items():
         assert len(ids) == PER_PROCESS, who
         assert [i for i in ids if not URL_SAFE_ID.fullmatch(i)] == [], who
+    prefixes = {ids[0][:12] for ids in [before, *made.values()]}
+    assert len(prefixes) == 4, "a forked child keeps its parent's prefix"  # parent, 3 children
     every = [i for ids in [before, *made.values()] for i in ids]
     assert len(every) == 10 + 4 * PER_PROCESS
     assert len(every) - len(set(every)) == 0, "ids made more than once"
