@@ -22,6 +22,7 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("host", str, "address the gateway listens on"),
     ("port", int, "gateway port"),
     ("storage_dir", str, "where the SQLite files live"),
+    ("database", str, "PostgreSQL URL to keep counters in instead (postgresql://...)"),
     ("address", str, "Ray cluster to join, e.g. 'auto' or HOST:6379; none: start a local Ray"),
     ("namespace", str, "Ray namespace of the host actors"),
     ("placement", str, "an actor per name, or names hashed onto shards"),

@@ -46,6 +46,7 @@ from .errors import (
     Fenced,
     IdempotencyKeyReused,
     InvalidInput,
+    OutcomeUnknown,
     StorageFailed,
     UnknownMethod,
 )
@@ -156,12 +157,14 @@ class ObjectHost:
                     store.applied_count(), len(recorded), now
                 ),
             )
-        except StorageFailed as error:
+        except (StorageFailed, OutcomeUnknown) as error:
             for name in touched:
-                # The file may know better than our cache after a failed commit: reload it.
+                # Storage may know better than our cache after a failed commit: reload it.
                 self._objects.pop(name, None)
             if isinstance(error, Fenced):
                 self._fence(error)
+            if isinstance(error, OutcomeUnknown):
+                raise  # the call fails whole, and the client resends it with its ids
             return tuple(Outcome(error=error) for _ in operations)
         for active in touched.values():
             active.storage.commit()

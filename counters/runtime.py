@@ -37,7 +37,7 @@ from .host import ObjectHost
 from .operations import Operation, Outcome
 from .placement import Layout, Placement, default_shards
 from .settings import Settings
-from .storage import ServiceId, StorageDir
+from .storage import ServiceId
 
 __all__ = [
     "agree_on_service",
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 # What every client of one namespace must agree on, since host actors are created with it.
-_SERVICE_FIELDS = ("storage_dir", "placement", "shards", "host_resource")
+_SERVICE_FIELDS = ("storage", "placement", "shards", "host_resource")
 _KV_NAMESPACE = "counters"
 
 
@@ -204,7 +204,7 @@ def get_or_create_host(
     handle = actor_class.options(**options).remote(
         object_class,
         host_name,
-        str(settings.storage_path),
+        settings.storage(),
         layout,
         settings.host_config(),
         service=service or service_id(settings.namespace, object_class.__name__),
@@ -302,6 +302,7 @@ def agree_on_service(settings: Settings, object_class: type, join: bool = False)
         return dataclasses.replace(
             settings,
             storage_dir=recorded["storage_dir"],
+            database=recorded["database"],
             placement=type(settings.placement)(recorded["placement"]),
             shards=recorded["shards"],
             host_resource=recorded["host_resource"],
@@ -349,7 +350,10 @@ def _running_service(namespace: str, class_name: str) -> dict[str, Any]:
 
 def _service_fields(settings: Settings) -> dict[str, Any]:
     return {
+        # What clients must agree on: where the data is (never a password).
+        "storage": settings.storage().describe(),
         "storage_dir": str(settings.storage_path),
+        "database": settings.database,
         "placement": settings.placement.value,
         "shards": settings.shards,
         "host_resource": settings.host_resource,
@@ -363,7 +367,7 @@ def _recorded_service(key: str) -> dict[str, Any] | None:
 
 def _new_shards(settings: Settings, object_class: type) -> int:
     """The shard count of a service started without one: its storage dir's, or the default."""
-    recorded = StorageDir(settings.storage_path).recorded_shards(object_class.__name__)
+    recorded = settings.storage().recorded_shards(object_class.__name__)
     return recorded or default_shards(os.cpu_count())
 
 

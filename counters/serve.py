@@ -15,7 +15,6 @@ from .client import Namespace
 from .placement import Placement
 from .runtime import start_ray, tune_gc
 from .settings import Settings
-from .storage import StorageDir
 
 __all__ = ["serve"]
 
@@ -28,7 +27,7 @@ def serve(settings: Settings) -> int:
     try:
         namespace = Namespace(settings)
         # The hosts refuse a second service on one storage dir anyway; say so before serving.
-        StorageDir(namespace.settings.storage_path).refuse_if_in_use(namespace.service)
+        namespace.settings.storage().refuse_if_in_use(namespace.service)
         _use_uvloop()
         asyncio.run(_serve(settings, Gateway(namespace), started_ray))
     finally:
@@ -53,11 +52,11 @@ async def _serve(settings: Settings, gateway: Gateway, started_ray: bool) -> Non
         if service.placement is Placement.SHARDED:
             shards = f", {service.shards} shard{'' if service.shards == 1 else 's'}"
         log.info(
-            "serving on http://%s:%d on %s; storage in %s; %s placement%s",
+            "serving on http://%s:%d on %s; counters in the %s; %s placement%s",
             settings.host,
             settings.port,
             where,
-            service.storage_path,
+            service.storage().describe(),
             service.placement.value,
             shards,
         )

@@ -17,6 +17,8 @@ from .applied_log import Retention
 from .errors import ConfigError
 from .host import HostConfig
 from .placement import Layout, Placement
+from .storage import Storage, StorageDir
+from .storage.postgres import PostgresStorage
 
 __all__ = ["ENV_PREFIX", "Settings"]
 
@@ -31,6 +33,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8787
     storage_dir: str = ".counters"
+    database: str | None = None  # a PostgreSQL address: the database, not the storage dir
     address: str | None = None
     namespace: str = "counters"
     placement: Placement = Placement.SHARDED
@@ -56,6 +59,10 @@ class Settings:
         _check(shards_ok, "shards", f"between 1 and {MAX_SHARDS}")
         _check(bool(self.namespace.strip()), "namespace", "a non-empty Ray namespace")
         _check(bool(self.storage_dir), "storage_dir", "a directory path")
+        database_ok = self.database is None or self.database.startswith(
+            ("postgresql://", "postgres://")
+        )
+        _check(database_ok, "database", "a PostgreSQL URL (postgresql://user@host:port/db)")
         _check(self.max_batch >= 1, "max_batch", "at least 1")
         _check(self.max_queue >= 1, "max_queue", "at least 1")
         _check(self.max_in_flight >= 1, "max_in_flight", "at least 1")
@@ -88,6 +95,11 @@ class Settings:
         unknown = set(flags) - {field.name for field in fields(cls)}
         if unknown:
             raise TypeError(f"unknown settings: {sorted(unknown)}")
+        if values.get("database") and "storage_dir" in values:
+            raise ConfigError(
+                "--database (COUNTERS_DATABASE) and --storage-dir (COUNTERS_STORAGE_DIR) are "
+                "exclusive: counters live in PostgreSQL or in SQLite files, not both"
+            )
         return cls(**values)
 
     def host_config(self) -> HostConfig:
@@ -112,6 +124,13 @@ class Settings:
         if self.shards is None:
             raise ValueError("the shard count is not decided yet (see agree_on_service)")
         return Layout(object_class.__name__, self.placement, self.shards)
+
+    def storage(self) -> Storage:
+        """Where hosts keep their data: the PostgreSQL database if one is set, else the
+        SQLite files of the storage dir."""
+        if self.database:
+            return PostgresStorage(self.database)
+        return StorageDir(self.storage_path)
 
     @property
     def storage_path(self) -> Path:

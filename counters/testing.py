@@ -8,13 +8,16 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from types import TracebackType
 
@@ -147,3 +150,71 @@ def host_processes(candidates: list[psutil.Process] | None = None) -> list[psuti
             if "CounterHost" in " ".join(process.cmdline()[:1]):
                 found.append(process)
     return found
+
+
+def postgres_binaries() -> Path:
+    """The folder of PostgreSQL's server programs (Debian's `postgresql`, `.ci/run` installs it)."""
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if versions:
+        return versions[-1].parent
+    raise FileNotFoundError(
+        "PostgreSQL's server is not installed: apt-get install postgresql (as .ci/run does)"
+    )
+
+
+class PostgresServer:
+    """A real PostgreSQL server of our own, in a temporary folder, on a loopback port.
+
+    The server refuses to run as root, so as root it runs as the `postgres` user that Debian's
+    package makes. `stop` and `start` again keep its data: a database that goes away and comes
+    back, for fault tests.
+    """
+
+    def __init__(self) -> None:
+        self.bin = postgres_binaries()
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="counters-pg-"))
+        self.data = self.dir / "data"
+        self._user = "postgres" if os.geteuid() == 0 else None
+        if self._user:
+            shutil.chown(self.dir, self._user)
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+
+    def start(self) -> PostgresServer:
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=on"
+        log = str(self.dir / "server.log")
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server: `fast` rolls back what is in flight; `immediate` is a crash."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        """A new, empty database; its URL."""
+        import psycopg
+
+        name = f"counters_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.dsn(), autocommit=True) as db:
+            db.execute(f'CREATE DATABASE "{name}"')
+        return self.dsn(name)
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run(
+            [str(self.bin / program), *args],
+            check=True,
+            capture_output=True,
+            user=self._user,
+            timeout=120,
+        )

@@ -44,6 +44,7 @@ __all__ = ["StorageDir"]
 LAYOUT_FILE = "layout.json"
 OWNER_FILE = "owner.lock"
 LOCK_WAIT = 5.0  # seconds a host waits for a dying predecessor to let go of its file
+CLAIM_WAIT = 1.0  # seconds a host waits out hosts of its own service claiming the dir at once
 
 
 class StorageDir:
@@ -86,7 +87,7 @@ class StorageDir:
             )
         return fd
 
-    def claim(self, service: ServiceId, wait: float = LOCK_WAIT) -> int:
+    def claim(self, service: ServiceId, wait: float = CLAIM_WAIT) -> int:
         """Hold the dir for `service`: a descriptor to keep open for the host's life.
 
         Raises StorageDirInUse while a live host of another service holds it.

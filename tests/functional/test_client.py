@@ -174,7 +174,7 @@ def test_clients_of_one_namespace_agree_on_its_settings(
     first = make_namespace(Placement.SHARDED, shards=2)
     assert first.get_by_name("A").blocking.increment() == 1
     name = first.settings.namespace
-    with pytest.raises(ConfigError, match="storage_dir"):
+    with pytest.raises(ConfigError, match="storage dir"):
         make_namespace(Placement.SHARDED, shards=2, namespace=name, storage_dir=tmp_path / "other")
     with pytest.raises(ConfigError, match="shards 2 \\(not 3\\)"):
         make_namespace(Placement.SHARDED, shards=3, namespace=name)
