@@ -28,6 +28,7 @@ from typing import Any, cast
 import ray
 from ray.actor import ActorClass, ActorHandle
 from ray.experimental import internal_kv
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .channel import ChannelAddress, ChannelServer
 from .directory import HostDirectory, directory_name
@@ -198,8 +199,15 @@ def get_or_create_host(
         "num_cpus": 0,
     }
     if settings.host_resource:
-        # Keeps hosts on the nodes that have the storage dir (see cluster.yaml).
+        # Only nodes with this resource run hosts (see cluster.yaml).
         options["resources"] = {settings.host_resource: 0.001}
+    if not settings.database:
+        # SQLite files live on one node's disk: a host started, or restarted, anywhere else
+        # would open an empty storage dir there and serve counts from nothing. So a host runs
+        # on the node of the client that started the service, or nowhere (its callers then
+        # get 503 until that node is back).
+        node = _running_service(settings.namespace, object_class.__name__)["storage_node"]
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
     actor_class = host_actor_class(object_class)
     handle = actor_class.options(**options).remote(
         object_class,
@@ -283,6 +291,7 @@ def agree_on_service(settings: Settings, object_class: type, join: bool = False)
         record = {
             **_service_fields(settings),
             "service_id": secrets.token_hex(16),
+            "storage_node": ray.get_runtime_context().get_node_id(),
             "description": (
                 f"the counters service in Ray namespace {settings.namespace!r} of the Ray at "
                 f"{ray.get_runtime_context().gcs_address}, started by pid {os.getpid()} on "

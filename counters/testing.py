@@ -131,13 +131,23 @@ class Service:
                 process.kill()
 
 
-def hosts_of(storage_dir: Path) -> list[psutil.Process]:
-    """The host actor processes that hold a file of `storage_dir` open: one service's own."""
-    storage = str(storage_dir.resolve())
+def hosts_of(
+    storage_dir: Path | None = None, database_port: int | None = None
+) -> list[psutil.Process]:
+    """One service's host actor processes: those holding a file of `storage_dir` open, or
+    connected to the PostgreSQL server on `database_port`."""
+    storage = str(storage_dir.resolve()) if storage_dir is not None else None
     found = []
     for process in host_processes():
         with contextlib.suppress(psutil.Error):
-            if any(f.path.startswith(storage) for f in process.open_files()):
+            if storage is not None:
+                uses = any(f.path.startswith(storage) for f in process.open_files())
+            else:
+                uses = any(
+                    c.raddr and c.raddr.port == database_port
+                    for c in process.net_connections("tcp")
+                )
+            if uses:
                 found.append(process)
     return found
 

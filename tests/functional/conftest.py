@@ -49,10 +49,11 @@ def make_namespace(tmp_path: Path) -> Iterator[NamespaceFactory]:
     made: list[Namespace] = []
 
     def make(placement: Placement = Placement.SHARDED, **overrides: Any) -> Namespace:
+        if not overrides.get("database"):  # SQLite files, in the test's own folder
+            overrides["storage_dir"] = str(overrides.get("storage_dir", tmp_path / "storage"))
         settings = Settings.load(
             environ={},
             namespace=overrides.pop("namespace", f"test-{uuid.uuid4().hex[:12]}"),
-            storage_dir=str(overrides.pop("storage_dir", tmp_path / "storage")),
             placement=placement.value,
             **overrides,
         )
@@ -86,3 +87,11 @@ async def client(namespace: Namespace, aiohttp_client: Callable[..., Any]) -> Te
     """An HTTP client of the real gateway, served on a loopback port."""
     test_client: TestClient[Any, Any] = await aiohttp_client(gateway_server(namespace))
     return test_client
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Settings that put a test's counters in SQLite files, then in a PostgreSQL database."""
+    if request.param == "sqlite":
+        return {}
+    return {"database": request.getfixturevalue("postgres_dsn")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections import Counter as Tally
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -31,9 +33,10 @@ async def test_2000_concurrent_increments_over_20_names_end_exactly_right(
     placement: Placement,
     direct_channel: bool,
     aiohttp_client: Callable[..., Any],
+    backend: dict[str, str],
 ) -> None:
     namespace = make_namespace(
-        placement, deadline=COLD_START_DEADLINE, direct_channel=direct_channel
+        placement, deadline=COLD_START_DEADLINE, direct_channel=direct_channel, **backend
     )
     client: TestClient[Any, Any] = await aiohttp_client(gateway_server(namespace))
     plan = [NAMES[i % len(NAMES)] for i in range(TOTAL)]
@@ -56,13 +59,16 @@ async def test_2000_concurrent_increments_over_20_names_end_exactly_right(
     assert len(seen) == TOTAL
     per_name = TOTAL // len(NAMES)
     assert sorted(seen) == sorted(list(range(1, per_name + 1)) * len(NAMES))
-    # And the disk agrees with the answers.
-    storage = namespace.settings.storage_path / "hosts"
+    # And storage agrees with the answers.
     on_disk: dict[str, int] = {}
-    for host in namespace.known_hosts():
-        path: Path = storage / host_file_name(host)
-        with sqlite3.connect(path) as db:
+    if namespace.settings.database:
+        with psycopg.connect(namespace.settings.database) as db:
+            rows = db.execute("SELECT object, value FROM counters_kv WHERE key = 'value'")
+            on_disk.update((name, int(value)) for name, value in rows)
+    for host in namespace.known_hosts() if not namespace.settings.database else ():
+        path: Path = namespace.settings.storage_path / "hosts" / host_file_name(host)
+        with contextlib.closing(sqlite3.connect(path)) as sqlite:
             on_disk.update(
-                (name, int(value)) for name, value in db.execute("SELECT object, value FROM kv")
+                (name, int(value)) for name, value in sqlite.execute("SELECT object, value FROM kv")
             )
     assert on_disk == dict.fromkeys(NAMES, per_name)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import ray
 from aiohttp.test_utils import TestClient
@@ -30,11 +31,13 @@ from tests.functional.conftest import COLD_START_DEADLINE, NamespaceFactory, gat
 
 
 async def test_sigkilled_hosts_lose_nothing_and_apply_nothing_twice(
-    make_namespace: NamespaceFactory, placement: Placement
+    make_namespace: NamespaceFactory, placement: Placement, backend: dict[str, str]
 ) -> None:
     # Three shards, so that some host is up to be killed while the last one restarts.
     shards = {"shards": 3} if placement is Placement.SHARDED else {}
-    namespace = make_namespace(placement, deadline=30.0, **shards)
+    namespace = make_namespace(placement, deadline=30.0, **shards, **backend)
+    database = namespace.settings.database
+    port = psycopg.conninfo.conninfo_to_dict(database).get("port") if database else None
     names = [f"c{i}" for i in range(6)]
     acknowledged: Tally[str] = Tally()
     unexpected: list[CountersError] = []
@@ -46,7 +49,11 @@ async def test_sigkilled_hosts_lose_nothing_and_apply_nothing_twice(
         rng = random.Random(7)
         # Kills stop when the load does: the last operations then land without a killer about.
         while not stop_killing.wait(0.3) and time.monotonic() < load_ends:
-            victims = hosts_of(namespace.settings.storage_path)  # this service's only
+            # This service's hosts only.
+            if port is not None:
+                victims = hosts_of(database_port=int(port))
+            else:
+                victims = hosts_of(namespace.settings.storage_path)
             if victims:
                 with contextlib.suppress(Exception):
                     rng.choice(victims).send_signal(signal.SIGKILL)
