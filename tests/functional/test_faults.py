@@ -23,10 +23,10 @@ from aiohttp.test_utils import TestClient
 from ray.exceptions import RayActorError
 
 from counters.client import Namespace, new_op_id
-from counters.errors import CountersError, HostUnavailable, Overloaded
+from counters.errors import CountersError, HostUnavailable, OutcomeUnknown, Overloaded
 from counters.operations import Operation
 from counters.placement import Placement
-from counters.testing import hosts_of
+from counters.testing import PostgresServer, hosts_of
 from tests.functional.conftest import COLD_START_DEADLINE, NamespaceFactory, gateway_server
 
 
@@ -318,3 +318,50 @@ async def test_a_read_only_disk_is_503_and_recovers(
         subprocess.run(["mount", "-o", "remount,rw", str(tiny_disk)], check=True)
     async with client.get("/increment?name=A") as response:
         assert await response.text() == "Durable Object 'A' count: 2"
+
+
+async def test_postgres_stopped_and_started_under_load_answers_503_then_loses_nothing(
+    make_namespace: NamespaceFactory,
+) -> None:
+    server = PostgresServer().start()  # its own: stopping it must not touch other tests
+    try:
+        namespace = make_namespace(Placement.SHARDED, shards=2, database=server.create_database())
+        names = [f"c{i}" for i in range(6)]
+        acknowledged: Tally[str] = Tally()
+        refusals: Tally[str] = Tally()
+        unexpected: list[CountersError] = []
+
+        async def client(seed: int, until: float) -> None:
+            rng = random.Random(seed)
+            loop = asyncio.get_running_loop()
+            while loop.time() < until:
+                name = rng.choice(names)
+                op_id = uuid.uuid4().hex
+                while True:  # the same id until acknowledged
+                    try:
+                        await namespace.get_by_name(name).increment(op_id=op_id)
+                        break
+                    except CountersError as error:
+                        refusals[error.code] += 1
+                        if error.http_status != 503 and not isinstance(error, OutcomeUnknown):
+                            unexpected.append(error)
+                        await asyncio.sleep(0.05)
+                acknowledged[name] += 1
+
+        await asyncio.gather(*(namespace.get_by_name(n).get_counter_value() for n in names))
+        loop = asyncio.get_running_loop()
+        load = asyncio.gather(*(client(seed, loop.time() + 6) for seed in range(8)))
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(server.stop, "immediate")  # a crash of the database
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(server.start)
+        await load
+        assert unexpected == []
+        assert refusals["storage_failed"] > 0  # it was down, and said so
+        values = await asyncio.gather(
+            *(namespace.get_by_name(n).get_counter_value() for n in names)
+        )
+        assert dict(zip(names, values, strict=True)) == {n: acknowledged[n] for n in names}
+        assert sum(acknowledged.values()) > 50
+    finally:
+        server.remove()
