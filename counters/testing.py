@@ -44,10 +44,12 @@ class Service:
         self.tree: list[psutil.Process] = []
 
     def start(self, timeout: float = 90) -> Service:
+        # With --database the counters are in PostgreSQL, and a storage dir is refused.
+        storage = [] if "--database" in self.flags else ["--storage-dir", str(self.storage_dir)]
         command = [
             sys.executable, "-m", "counters", "serve",
             "--port", str(self.port),
-            "--storage-dir", str(self.storage_dir),
+            *storage,
             "--dashboard-port", str(self.dashboard_port),
             *self.flags,
         ]  # fmt: skip

@@ -19,11 +19,19 @@ from counters.testing import Service
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("placement", ["sharded", "per-name"])
-def test_values_survive_stopping_and_starting_everything(tmp_path: Path, placement: str) -> None:
+@pytest.mark.parametrize(
+    ("placement", "backend"),
+    [("sharded", "sqlite"), ("per-name", "sqlite"), ("sharded", "postgres")],
+)
+def test_values_survive_stopping_and_starting_everything(
+    tmp_path: Path, placement: str, backend: str, request: pytest.FixtureRequest
+) -> None:
     storage = tmp_path / "storage"
     names = ["A", "B", "../../etc", "名前"]
-    with Service(storage, "--placement", placement) as service:
+    database = []
+    if backend == "postgres":
+        database = ["--database", request.getfixturevalue("postgres_dsn")]
+    with Service(storage, "--placement", placement, *database) as service:
         for i, name in enumerate(names):
             for _ in range(i + 1):
                 status, _ = service.get(f"/increment?name={quote(name)}")
@@ -35,7 +43,7 @@ def test_values_survive_stopping_and_starting_everything(tmp_path: Path, placeme
         assert service.stop(signal.SIGTERM) == 0
         assert service.leftovers() == [], "Ray processes outlived the service"
         assert "aiohttp.access" not in service.log.read_text()  # no access log by default
-    with Service(storage, "--placement", placement, "--access-log") as service:
+    with Service(storage, "--placement", placement, "--access-log", *database) as service:
         expected = {"A": -9, "B": 2, "../../etc": 3, "名前": 4}
         for name, count in expected.items():
             assert service.get(f"/?name={quote(name)}") == (
