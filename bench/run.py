@@ -11,8 +11,9 @@ Everything runs on this machine, on loopback, started and stopped by this script
   gateway runs on: the ceiling of our own HTTP stack)
 - redis:       bench/reference.py redis over a local redis-server (INCRBY, AOF, appendfsync
   always), on the low-level server too
-- counters: `counters serve` (sharded; sharded with a Ray call per batch, `--no-direct-channel`;
-  then per-name), its own local Ray, a temporary storage dir
+- counters: `counters serve` (sharded; sharded on PostgreSQL, `--database`, a server of its own
+  from Debian's `postgresql` in a temporary folder; sharded with a Ray call per batch,
+  `--no-direct-channel`; then per-name), its own local Ray, a temporary storage dir
 
 HTTP load comes from wrk (2 threads, 64 connections); the Python client scenario runs in this
 process. Each round runs every scenario on every system back to back (the references stay up
@@ -229,10 +230,23 @@ def rounds(
     return results
 
 
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server of our own for the run (fsync on, as the server ships); its URL."""
+    from counters.testing import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        yield server.create_database()
+    finally:
+        server.remove()
+
+
 def counters_serve(port: int, storage: Path, placement: str, log: Path, *flags: str) -> Any:
+    where = [] if "--database" in flags else ["--storage-dir", str(storage)]
     command = [
         sys.executable, "-m", "counters", "serve", "--port", str(port),
-        "--storage-dir", str(storage), "--dashboard-port", "0", "--placement", placement, *flags,
+        *where, "--dashboard-port", "0", "--placement", placement, *flags,
     ]  # fmt: skip
     return process(command, f"http://127.0.0.1:{port}/healthz", log)
 
@@ -418,7 +432,7 @@ def print_table(results: list[Result], footer: str) -> None:
     print(f"\n{footer}\n\nthe ratio in each round (the table gives their median):")
     for reference, by_row in paired.items():
         for (scenario, system), ratios in sorted(by_row.items()):
-            if system in ("counters sharded", "counters call()"):
+            if system in ("counters sharded", "counters postgres", "counters call()"):
                 shown = " ".join(f"{ratio:.2f}" for ratio in ratios)
                 print(f"{scenario:<34} {system:<24} x {reference:<15} {shown}")
 
@@ -477,6 +491,19 @@ def main() -> int:
                 "redis": references["redis"],
             }
             results += rounds(systems, arguments, "sharded", cold=not arguments.quick)
+        # The same on PostgreSQL, between the same references, measured again in its rounds.
+        database = references_up.enter_context(postgres_server())
+        port = free_port()
+        with counters_serve(port, tmp / "pg", "sharded", tmp / "pg.log", "--database", database):
+            base = f"http://127.0.0.1:{port}"
+            warm_up_http(base, arguments, SPREAD_NAMES)
+            on_postgres = {
+                "raw ceiling": references["raw ceiling"],
+                "ceiling": references["ceiling"],
+                "counters postgres": base,
+                "redis": references["redis"],
+            }
+            results += rounds(on_postgres, arguments, "postgres")
         references_up.close()
         if not arguments.quick:
             # The same with a Ray call per batch instead of the direct channel: what it saves.
