@@ -30,16 +30,20 @@ def test_schema_check_is_real(config: dict[str, Any]) -> None:
         validate_config(prepare_config(config))
 
 
-def test_installs_the_package_and_starts_the_gateway_on_the_head(config: dict[str, Any]) -> None:
+def test_every_node_runs_a_gateway_on_the_one_database(config: dict[str, Any]) -> None:
     assert config["provider"]["type"] == "local"
-    assert any(
-        "pip install" in command and "counters" in command for command in config["setup_commands"]
-    )
-    head = " ".join(config["head_start_ray_commands"])
-    assert "ray start --head" in head
-    assert "counters serve --address auto" in head
-    assert "--host-resource counters_storage" in head
-    assert '"counters_storage"' in head
-    workers = " ".join(config["worker_start_ray_commands"])
-    assert "ray start --address=$RAY_HEAD_IP:6379" in workers
-    assert "counters serve" not in workers
+    setup = config["setup_commands"]
+    assert any("pip install" in command and "counters" in command for command in setup)
+    # The database's address is written in one place, and every gateway reads it from there.
+    assert sum("COUNTERS_DATABASE=postgresql://" in command for command in setup) == 1
+    head = config["head_start_ray_commands"]
+    workers = config["worker_start_ray_commands"]
+    assert "ray start --head" in " ".join(head)
+    assert "ray start --address=$RAY_HEAD_IP:6379" in " ".join(workers)
+    for commands in (head, workers):
+        gateway = [command for command in commands if "counters serve" in command]
+        assert len(gateway) == 1
+        assert ". ~/counters.env" in gateway[0]
+        assert "counters serve --address auto --host 0.0.0.0" in gateway[0]
+        assert "--storage-dir" not in gateway[0]  # PostgreSQL: no node holds the data
+        assert "--host-resource" not in gateway[0]  # hosts run on any node
