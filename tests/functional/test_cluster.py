@@ -198,3 +198,107 @@ def reported(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
             found: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
             return found
     raise AssertionError(result.stdout[-4000:] + result.stderr[-4000:])
+
+
+# A stale host fenced out. The worker's raylet is frozen (SIGSTOP) until Ray declares the node
+# dead and restarts its host on the spare node; the old host's process runs on all the while,
+# and a client on the frozen node keeps sending it batches by its direct channel. Both hosts
+# now serve counter x: only the epoch in every commit keeps the old one from overwriting what
+# the new one stores. Every id either client sent is resent at the end until acknowledged, so
+# the count must equal the ids sent, exactly.
+STALE_HOST_IS_FENCED = """
+import asyncio, json, os, signal, sys, time, uuid
+import ray
+from ray.cluster_utils import Cluster
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from counters import Namespace, Settings
+from counters.errors import CountersError
+
+journal = sys.argv[2]  # every id a client sends, one per line
+fast_health = {"health_check_period_ms": 200, "health_check_failure_threshold": 5,
+               "health_check_timeout_ms": 200, "health_check_initial_delay_ms": 0}
+cluster = Cluster(initialize_head=True,
+                  head_node_args={"num_cpus": 1, "_system_config": fast_health})
+worker = cluster.add_node(num_cpus=1, resources={"hosts": 1})
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, namespace="stale", log_to_driver=False)
+settings = Settings.load(environ={}, namespace="stale", database=sys.argv[1], shards=1,
+                         deadline=60, host_resource="hosts")
+service = Namespace(settings)
+service.get_by_name("x").blocking.increment(op_id="first")
+with open(journal, "a") as out:
+    out.write("first\\n")
+old_host = ray.get(service.handle(service.host_for("x")).node_id.remote())
+
+async def increments(counters, seconds, fenced_out=None):
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+    sent = 0
+    while loop.time() < until:
+        op_id = uuid.uuid4().hex
+        with open(journal, "a") as out:
+            out.write(op_id + "\\n")
+        while loop.time() < until:
+            try:
+                await counters.get_by_name("x").increment(op_id=op_id)
+                break
+            except CountersError as error:
+                if fenced_out is not None and error.code == "fenced":
+                    fenced_out.append(op_id)
+                await asyncio.sleep(0.02)
+        sent += 1
+    return sent
+
+on_the_worker = NodeAffinitySchedulingStrategy(worker.node_id, soft=False)
+
+@ray.remote(num_cpus=0, scheduling_strategy=on_the_worker)
+def client_on_the_frozen_node():
+    return asyncio.run(increments(Namespace.join("stale"), 12.0))
+
+there = client_on_the_frozen_node.remote()
+time.sleep(2.0)
+spare = cluster.add_node(num_cpus=0, resources={"hosts": 1})
+cluster.wait_for_nodes()
+raylet = worker.all_processes["raylet"][0].process
+os.kill(raylet.pid, signal.SIGSTOP)
+here = asyncio.run(increments(service, 6.0))
+new_host = ray.get(service.handle(service.host_for("x")).node_id.remote())
+os.kill(raylet.pid, signal.SIGCONT)
+time.sleep(3.0)
+
+async def resend_everything():
+    with open(journal) as lines:
+        ids = [line.strip() for line in lines if line.strip()]
+    counters = Namespace.join("stale")
+    for op_id in ids:
+        await counters.get_by_name("x").increment(op_id=op_id)
+    return ids
+
+ids = asyncio.run(resend_everything())
+count = service.get_by_name("x").blocking.get_counter_value()
+print("RESULT " + json.dumps({"ids": len(ids), "distinct": len(set(ids)), "count": count,
+                              "old_host": old_host, "new_host": new_host,
+                              "worker": worker.node_id, "spare": spare.node_id, "here": here}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+def test_a_stale_host_cut_off_from_the_cluster_changes_nothing(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "COUNTERS_"))}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    journal = tmp_path / "sent"
+    result = subprocess.run(
+        [sys.executable, "-c", STALE_HOST_IS_FENCED, postgres_dsn, str(journal)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=380,
+    )
+    seen = reported(result)
+    assert (seen["old_host"], seen["new_host"]) == (seen["worker"], seen["spare"])
+    assert seen["here"] > 20
+    assert seen["ids"] == seen["distinct"]
+    assert seen["count"] == seen["distinct"]  # every id applied once: none lost, none twice
