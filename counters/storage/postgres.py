@@ -95,14 +95,20 @@ _TAKE_OVER = (
     "ON CONFLICT (name) DO UPDATE SET epoch = counters_hosts.epoch + 1, writer = excluded.writer "
     "RETURNING epoch"
 )
+# A batch's rows go as arrays, one statement each: psycopg adapts an array in C, where a row
+# at a time costs Python work per row (measured: 2.0 ms for a batch of 32 ids by executemany).
 _UPSERT = (
-    "INSERT INTO counters_kv (object, key, value) VALUES (%s, %s, %s) "
+    "INSERT INTO counters_kv (object, key, value) "
+    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) "
     "ON CONFLICT (object, key) DO UPDATE SET value = excluded.value"
 )
-_DELETE = "DELETE FROM counters_kv WHERE object = %s AND key = %s"
+_DELETE = (
+    "DELETE FROM counters_kv WHERE (object, key) IN "
+    "(SELECT * FROM unnest(%s::text[], %s::text[]))"
+)
 _RECORD = (
     "INSERT INTO counters_applied (host, op_id, object, at, request, result) "
-    "VALUES (%s, %s, %s, %s, %s, %s)"
+    "SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[], %s::text[])"
 )
 _OLDEST = "SELECT seq, at FROM counters_applied WHERE host = %s ORDER BY seq LIMIT 1"
 # Among this host's oldest `count` ids, the first recorded at or after a time.
@@ -230,17 +236,17 @@ class PostgresHostStore:
                 deletes.append((object_name, key))
             else:
                 upserts.append((object_name, key, text))
-        records = [
-            (self._host, op_id, name, a.at, a.request, a.result) for name, op_id, a in applied
-        ]
+        records = [(op_id, name, a.at, a.request, a.result) for name, op_id, a in applied]
         forgets = forget_oldest is not None and forget_oldest[0] > 0
         if not (upserts or deletes or records or forgets):
             return
         with self._owned_transaction("write", ", nothing of it was stored") as db:
-            with db.cursor() as cursor:
-                for sql, rows in ((_UPSERT, upserts), (_DELETE, deletes), (_RECORD, records)):
-                    if rows:
-                        cursor.executemany(sql, rows)
+            if upserts:
+                db.execute(_UPSERT, _columns(upserts))
+            if deletes:
+                db.execute(_DELETE, _columns(deletes))
+            if records:
+                db.execute(_RECORD, (self._host, *_columns(records)))
             forgotten = 0 if forget_oldest is None else self._forget_oldest(db, *forget_oldest)
         self._count(len(records) - forgotten)
         if records and self._oldest_at == math.inf:
@@ -349,7 +355,17 @@ def _translated(what: str) -> Iterator[None]:
 
 def _connect(dsn: str) -> psycopg.Connection[Any]:
     with _translated(f"cannot connect to PostgreSQL at {redacted(dsn)}"):
-        return psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+        # Every query here has an index made for it. A table that grew faster than autovacuum
+        # analyzes it looks small to the planner, which then scans it whole (a batch's id
+        # look-up took 2 ms at ten thousand ids, and grows with the table): never scan.
+        return psycopg.connect(
+            dsn, autocommit=True, connect_timeout=5, options="-c enable_seqscan=off"
+        )
+
+
+def _columns(rows: list[tuple[Any, ...]]) -> tuple[list[Any], ...]:
+    """Rows as one list per column: the arrays `unnest` takes."""
+    return tuple(list(column) for column in zip(*rows, strict=True))
 
 
 def _one(db: psycopg.Connection[Any], sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
