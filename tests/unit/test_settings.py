@@ -82,3 +82,15 @@ def test_ids_are_kept_past_every_retry() -> None:
         Settings.load(environ={}, deadline=50, id_retention=199)
     settings = Settings.load(environ={}, deadline=50, id_retention=200)
     assert settings.host_config().retention.floor == 200
+
+
+def test_a_database_and_a_storage_dir_are_exclusive() -> None:
+    with pytest.raises(ConfigError, match="exclusive"):
+        Settings.load(
+            environ={"COUNTERS_DATABASE": "postgresql://u@127.0.0.1/db"}, storage_dir="/srv/c"
+        )
+    with pytest.raises(ConfigError, match="COUNTERS_DATABASE\\) must be a PostgreSQL URL"):
+        Settings.load(environ={"COUNTERS_DATABASE": "mysql://u@127.0.0.1/db"})
+    settings = Settings.load(environ={"COUNTERS_DATABASE": "postgresql://u:pw@127.0.0.1/db"})
+    assert "pw" not in settings.storage().describe()
+    assert settings.storage().describe() == "PostgreSQL database user=u dbname=db host=127.0.0.1"
