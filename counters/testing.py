@@ -34,11 +34,18 @@ def free_port() -> int:
 class Service:
     """One `counters serve` process with its own local Ray, on loopback ports."""
 
-    def __init__(self, storage_dir: Path, *flags: str, dashboard: bool = False) -> None:
+    def __init__(
+        self,
+        storage_dir: Path,
+        *flags: str,
+        dashboard: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.storage_dir = storage_dir
         self.port = free_port()
         self.dashboard_port = free_port() if dashboard else 0
         self.flags = flags
+        self.env = env or {}
         self.log = storage_dir.parent / f"serve-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.tree: list[psutil.Process] = []
@@ -53,7 +60,7 @@ class Service:
             "--dashboard-port", str(self.dashboard_port),
             *self.flags,
         ]  # fmt: skip
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **self.env}
         env.pop("RAY_ADDRESS", None)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
@@ -69,8 +76,16 @@ class Service:
             time.sleep(0.2)
         raise TimeoutError(f"serve did not answer within {timeout}s:\n{self.log.read_text()}")
 
-    def get(self, path: str, method: str = "GET") -> tuple[int, str]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method)
+    def post(self, path: str, key: str) -> tuple[int, str]:
+        """A change with an `Idempotency-Key`: send it again after a 503 and it applies once."""
+        return self.get(path, "POST", {"Idempotency-Key": key})
+
+    def get(
+        self, path: str, method: str = "GET", headers: dict[str, str] | None = None
+    ) -> tuple[int, str]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", method=method, headers=headers or {}
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status, response.read().decode()

@@ -103,8 +103,7 @@ _UPSERT = (
     "ON CONFLICT (object, key) DO UPDATE SET value = excluded.value"
 )
 _DELETE = (
-    "DELETE FROM counters_kv WHERE (object, key) IN "
-    "(SELECT * FROM unnest(%s::text[], %s::text[]))"
+    "DELETE FROM counters_kv WHERE (object, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
 )
 _RECORD = (
     "INSERT INTO counters_applied (host, op_id, object, at, request, result) "

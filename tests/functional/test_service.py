@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import quote
@@ -112,3 +114,40 @@ def test_soak_under_kills_and_restarts_loses_and_doubles_nothing(flags: list[str
     if "--restart-every" in flags:
         restarts = int(result.stdout.split("service crashes and restarts ")[1].split()[0])
         assert restarts >= 1, result.stdout
+
+
+def test_two_gateways_of_one_service_under_load_count_every_change_once(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    with Service(tmp_path / "a", "--database", postgres_dsn) as first:
+        # The second gateway joins the first one's Ray, as one per node would on a cluster.
+        joined = ("--database", postgres_dsn, "--address", first.ray_address())
+        with Service(tmp_path / "b", *joined, env={"RAY_AUTH_MODE": "token"}) as second:
+            names = [f"g{i}" for i in range(5)]
+            sent: dict[str, int] = dict.fromkeys(names, 0)
+            tally = threading.Lock()
+
+            def load(service: Service, seed: int) -> None:
+                for i in range(150):
+                    name = names[(i + seed) % len(names)]
+                    key = f"{seed}-{i}"
+                    while service.post(f"/increment?name={name}", key)[0] != 200:
+                        time.sleep(0.05)  # resent with its key until acknowledged
+                    with tally:
+                        sent[name] += 1
+
+            threads = [
+                threading.Thread(target=load, args=(service, seed))
+                for seed, service in enumerate([first, second, first, second])
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            for name in names:
+                for service in (first, second):
+                    assert service.get(f"/?name={name}") == (
+                        200,
+                        f"Durable Object '{name}' count: {sent[name]}",
+                    )
+            assert sum(sent.values()) == 600
