@@ -39,7 +39,12 @@ from typing import Any, cast
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnschedulableError,
+    GetTimeoutError,
+    RayActorError,
+)
 
 from .channel import Channel, ChannelAddress
 from .counter import Counter
@@ -47,7 +52,13 @@ from .errors import CountersError, Fenced, HostUnavailable, OutcomeUnknown, Over
 from .op_ids import new_op_id
 from .operations import Operation, Outcome, Results
 from .placement import Layout, Placement
-from .runtime import agree_on_service, get_or_create_directory, get_or_create_host, service_id
+from .runtime import (
+    agree_on_service,
+    get_or_create_directory,
+    get_or_create_host,
+    service_id,
+    storage_node,
+)
 from .settings import Settings
 from .validation import check_amount, validate_name
 
@@ -93,6 +104,10 @@ class Namespace:
         """Bind to the objects a running service already serves, with that service's settings."""
         return cls(Settings.load(namespace=namespace), object_class, join=True)
 
+    def storage_is_here(self) -> bool:
+        """Whether this process runs on the node whose storage dir the service uses."""
+        return storage_node(self.settings.namespace, self.object_class.__name__) == self._node_id()
+
     def get_by_name(self, name: str) -> CounterStub:
         """A stub for the object called `name`; it is created on first use."""
         return CounterStub(self, validate_name(name))
@@ -133,12 +148,15 @@ class Namespace:
         while True:
             self._last_used[host] = time.monotonic()
             try:
-                ref: Any = self.handle(host).apply.remote((operation,))
+                handle = self.handle(host, timeout=max(0.0, deadline - time.monotonic()))
+                ref: Any = handle.apply.remote((operation,))
                 outcomes = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
             except GetTimeoutError:
                 raise self.gave_up(operation, failure) from None
             except RayActorError as error:
                 failure = self._lost(host, error)
+            except ActorUnschedulableError as error:
+                failure = self._unschedulable(host, error)
             except (HostUnavailable, Fenced) as error:
                 failure = error
             else:
@@ -154,8 +172,9 @@ class Namespace:
         travel without one, or the resend could apply it twice."""
         return operation._replace(op_id=new_op_id())
 
-    def handle(self, host: str) -> ActorHandle[Any]:
-        """The cached handle of `host`, looked up or created on first use (blocking)."""
+    def handle(self, host: str, timeout: float | None = None) -> ActorHandle[Any]:
+        """The cached handle of `host`, looked up or created on first use (blocking, for at
+        most `timeout` seconds, default the deadline)."""
         handle = self._handles.get(host)
         if handle is not None:
             return handle
@@ -164,7 +183,7 @@ class Namespace:
             if handle is None:
                 try:
                     if self.layout.placement is Placement.PER_NAME:
-                        self._admit(host)
+                        self._admit(host, self.settings.deadline if timeout is None else timeout)
                     handle = get_or_create_host(
                         self.object_class, host, self.settings, self.layout, self.service
                     )
@@ -175,7 +194,7 @@ class Namespace:
                 self._handles[host] = handle
         return handle
 
-    def _admit(self, host: str) -> None:
+    def _admit(self, host: str, timeout: float) -> None:
         """A per-name host that is not alive may be created only once the directory admits it
         (at most ``max_actors_per_node`` live: `directory.py`)."""
         try:
@@ -185,7 +204,7 @@ class Namespace:
             pass
         if self._directory is None:
             self._directory = get_or_create_directory(self.object_class, self.settings)
-        ray.get(self._directory.admit.remote(host), timeout=self.settings.deadline)
+        ray.get(self._directory.admit.remote(host), timeout=timeout)
 
     def known_hosts(self) -> list[str]:
         """The hosts this binding has reached and not seen stop."""
@@ -227,6 +246,8 @@ class Namespace:
             outcomes = await handle.apply.remote(tuple(operations))
         except RayActorError as error:
             raise self._lost(host, error) from None
+        except ActorUnschedulableError as error:
+            raise self._unschedulable(host, error) from None
         return Results.of(cast(tuple[Outcome, ...], outcomes))
 
     async def _channel(self, host: str, handle: ActorHandle[Any]) -> Channel | None:
@@ -253,8 +274,8 @@ class Namespace:
                 self._ray_only[host] = math.inf  # on another node: Ray carries its batches
                 return None
             channel = await Channel.open(host, address)
-        except RayActorError:
-            raise  # the host is lost: the lane resends
+        except (RayActorError, ActorUnschedulableError):
+            raise  # the host is lost, or cannot start: the lane resends
         except Exception as error:
             # Its process just died (Ray will answer for the next one), this process cannot
             # see the host's socket (another container, say), or anything else: a channel is
@@ -306,6 +327,14 @@ class Namespace:
             f"host {host} failed during the call, which may or may not have been applied: "
             f"{type(error).__name__}"
         )
+
+    def _unschedulable(self, host: str, error: ActorUnschedulableError) -> CountersError:
+        """The host cannot start where it must run (its node is gone, or lacks the resource):
+        it never ran the call. Ray counts it dead; the next try creates it anew."""
+        with self._handles_lock:
+            self._handles.pop(host, None)
+        self._forget_placement(host)
+        return HostUnavailable(f"host {host} cannot start: {error}")
 
     def _forget_placement(self, host: str) -> None:
         """A new actor of `host` may start on another node, with another channel."""

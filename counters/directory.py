@@ -20,6 +20,7 @@ the cap of that node.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -31,6 +32,8 @@ from .errors import Overloaded
 __all__ = ["HostDirectory", "directory_name"]
 
 _ASK_TIMEOUT = 10.0  # seconds to wait for a host's answer before counting it as busy
+_BEING_CREATED = 60.0  # seconds an admitted host counts before its client has created it
+_WAIT_FOR_ROOM = 10.0  # seconds to keep trying while every live host is busy or being created
 
 
 def directory_name(class_name: str) -> str:
@@ -45,9 +48,9 @@ class HostDirectory:
         self._namespace = namespace
         self._cap = cap
         prefix = f"{class_name}/"
-        # Least recently admitted first. Restarted: whatever per-name hosts are alive now.
-        self._live: OrderedDict[str, None] = OrderedDict(
-            (actor["name"], None)
+        # Least recently admitted first, with when. Restarted: the per-name hosts alive now.
+        self._live: OrderedDict[str, float] = OrderedDict(
+            (actor["name"], 0.0)
             for actor in ray.util.list_named_actors(all_namespaces=True)
             if actor["namespace"] == namespace and actor["name"].startswith(prefix)
         )
@@ -58,21 +61,33 @@ class HostDirectory:
         if host in self._live:
             self._live.move_to_end(host)
             return
-        if len(self._live) >= self._cap:
-            self._make_room()
-        self._live[host] = None
+        give_up = time.monotonic() + _WAIT_FOR_ROOM
+        while len(self._live) >= self._cap:
+            # Hosts just admitted may still be starting, and busy ones may soon be idle: try
+            # again for a while before refusing (the caller's deadline bounds the wait too).
+            try:
+                self._make_room()
+            except Overloaded:
+                if time.monotonic() >= give_up:
+                    raise
+                time.sleep(0.2)
+        self._live[host] = time.monotonic()
 
     def live(self) -> int:
         """Hosts counted as live."""
         return len(self._live)
 
     def _make_room(self) -> None:
+        """Stop the longest idle hosts until one more fits (after a restart of the directory,
+        more than one may be over)."""
         asked: dict[str, tuple[Any, Any]] = {}
-        for host in list(self._live):
+        for host, admitted in list(self._live.items()):
             try:
                 handle = ray.get_actor(host, namespace=self._namespace)
-            except ValueError:  # gone: it no longer counts
-                del self._live[host]
+            except ValueError:
+                # Gone, unless just admitted: its client may not have created it yet.
+                if time.monotonic() - admitted > _BEING_CREATED:
+                    del self._live[host]
                 continue
             asked[host] = (handle, handle.idle_for.remote())
         if len(self._live) < self._cap:
@@ -97,7 +112,8 @@ class HostDirectory:
                 left = False
             if left:
                 del self._live[host]
-                return
+                if len(self._live) < self._cap:
+                    return
         raise Overloaded(
             f"{len(self._live)} per-name hosts are live (--max-actors-per-node) and none "
             "would stop; retry shortly"

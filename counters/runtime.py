@@ -30,11 +30,12 @@ from ray.actor import ActorClass, ActorHandle
 from ray.experimental import internal_kv
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from .applied_log import Retention
 from .channel import ChannelAddress, ChannelServer
 from .directory import HostDirectory, directory_name
 from .errors import ConfigError, CountersError
 from .group_commit import GroupCommit
-from .host import ObjectHost
+from .host import HostConfig, ObjectHost
 from .operations import Operation, Outcome
 from .placement import Layout, Placement, default_shards
 from .settings import Settings
@@ -48,6 +49,7 @@ __all__ = [
     "service_id",
     "service_layout",
     "start_ray",
+    "storage_node",
     "tune_gc",
 ]
 
@@ -172,7 +174,13 @@ class _RayHost(ObjectHost):
         return True  # not reached: exit_actor ends the actor
 
     def _apply_from_channel(self, operations: Sequence[Operation]) -> tuple[Outcome, ...] | None:
-        return self._group.apply(operations, refusable=True)
+        outcomes = self._group.apply(operations, refusable=True)
+        if self.fenced is not None:
+            # As by Ray: nothing was stored, and the batch is not answered, so the client
+            # resends it, with its ids, to the host that replaced us; and we leave.
+            self._leave()
+            return None
+        return outcomes
 
 
 def get_or_create_host(
@@ -201,12 +209,13 @@ def get_or_create_host(
     if settings.host_resource:
         # Only nodes with this resource run hosts (see cluster.yaml).
         options["resources"] = {settings.host_resource: 0.001}
+    service_record = _running_service(settings.namespace, object_class.__name__)
     if not settings.database:
         # SQLite files live on one node's disk: a host started, or restarted, anywhere else
         # would open an empty storage dir there and serve counts from nothing. So a host runs
         # on the node of the client that started the service, or nowhere (its callers then
         # get 503 until that node is back).
-        node = _running_service(settings.namespace, object_class.__name__)["storage_node"]
+        node = service_record["storage_node"]
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
     actor_class = host_actor_class(object_class)
     handle = actor_class.options(**options).remote(
@@ -214,7 +223,8 @@ def get_or_create_host(
         host_name,
         settings.storage(),
         layout,
-        settings.host_config(),
+        # The service's own, whichever client creates the host: not this client's flags.
+        _host_config(service_record["host_config"]),
         service=service or service_id(settings.namespace, object_class.__name__),
     )
     return cast(ActorHandle[Any], handle)
@@ -236,7 +246,11 @@ def get_or_create_directory(object_class: type, settings: Settings) -> ActorHand
     handle = (
         _directory_class()
         .options(**options)
-        .remote(settings.namespace, object_class.__name__, settings.max_actors_per_node)
+        .remote(
+            settings.namespace,
+            object_class.__name__,
+            _running_service(settings.namespace, object_class.__name__)["max_actors_per_node"],
+        )
     )
     return cast(ActorHandle[Any], handle)
 
@@ -292,6 +306,9 @@ def agree_on_service(settings: Settings, object_class: type, join: bool = False)
             **_service_fields(settings),
             "service_id": secrets.token_hex(16),
             "storage_node": ray.get_runtime_context().get_node_id(),
+            # What hosts and the directory are made with, by whichever client makes them.
+            "host_config": dataclasses.asdict(settings.host_config()),
+            "max_actors_per_node": settings.max_actors_per_node,
             "description": (
                 f"the counters service in Ray namespace {settings.namespace!r} of the Ray at "
                 f"{ray.get_runtime_context().gcs_address}, started by pid {os.getpid()} on "
@@ -308,6 +325,7 @@ def agree_on_service(settings: Settings, object_class: type, join: bool = False)
             "cluster yet: start one (counters serve) or bind with Namespace(settings)"
         )
     if join:
+        _check_deadline(settings, recorded)
         return dataclasses.replace(
             settings,
             storage_dir=recorded["storage_dir"],
@@ -329,13 +347,32 @@ def agree_on_service(settings: Settings, object_class: type, join: bool = False)
             f"Ray namespace {settings.namespace!r} is already served with {differences}; "
             "use the same settings, or Namespace.join() to adopt them"
         )
+    _check_deadline(settings, recorded)
     return settings
+
+
+def _check_deadline(settings: Settings, recorded: dict[str, Any]) -> None:
+    """A client retries an operation for up to its deadline: the hosts must still remember the
+    id by then, as they do for four of the service's own deadlines."""
+    floor: float = recorded["host_config"]["retention"]["floor"]
+    if settings.deadline * 4 > floor:
+        raise ConfigError(
+            f"--deadline {settings.deadline:g} is too long for this service: its hosts keep "
+            f"operation ids for {floor:g} s at least, four deadlines of at most "
+            f"{floor / 4:g} s"
+        )
 
 
 def service_id(namespace: str, class_name: str) -> ServiceId:
     """The id of the service running in Ray namespace `namespace`, as it claims storage."""
     recorded = _running_service(namespace, class_name)
     return ServiceId(recorded["service_id"], recorded["description"])
+
+
+def storage_node(namespace: str, class_name: str) -> str:
+    """The Ray node of the client that started the service: a storage dir's node."""
+    node: str = _running_service(namespace, class_name)["storage_node"]
+    return node
 
 
 def service_layout(namespace: str = "counters", class_name: str = "Counter") -> Layout:
@@ -346,6 +383,14 @@ def service_layout(namespace: str = "counters", class_name: str = "Counter") -> 
     """
     recorded = _running_service(namespace, class_name)
     return Layout(class_name, Placement(recorded["placement"]), recorded["shards"])
+
+
+def _host_config(recorded: dict[str, Any]) -> HostConfig:
+    return HostConfig(
+        retention=Retention(**recorded["retention"]),
+        idle_timeout=recorded["idle_timeout"],
+        max_objects=recorded["max_objects"],
+    )
 
 
 def _running_service(namespace: str, class_name: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 import ray
 from aiohttp import web
@@ -26,10 +27,14 @@ def serve(settings: Settings) -> int:
     started_ray = start_ray(settings)
     try:
         namespace = Namespace(settings)
-        # The hosts refuse a second service on one storage dir anyway; say so before serving.
-        namespace.settings.storage().refuse_if_in_use(namespace.service)
+        # Hosts refuse a second service on the storage anyway; say so before serving, and keep
+        # the storage claimed while we serve, between hosts too (none may be alive at times).
+        release = storage_claim(namespace)
         _use_uvloop()
-        asyncio.run(_serve(settings, Gateway(namespace), started_ray))
+        try:
+            asyncio.run(_serve(settings, Gateway(namespace), started_ray))
+        finally:
+            release()
     finally:
         if started_ray:
             ray.shutdown()
@@ -75,6 +80,15 @@ async def _serve(settings: Settings, gateway: Gateway, started_ray: bool) -> Non
         log.info("stopping")
     finally:
         await runner.cleanup()  # stop listening, let requests in progress finish
+
+
+def storage_claim(namespace: Namespace) -> Callable[[], None]:
+    """Claim the service's storage for as long as we serve, where we can reach it: a
+    PostgreSQL database from any node, a storage dir only on its own node."""
+    settings = namespace.settings
+    if not settings.database and not namespace.storage_is_here():
+        return lambda: None
+    return settings.storage().hold(namespace.service)
 
 
 def _use_uvloop() -> None:

@@ -21,7 +21,7 @@ The contract every backend keeps, and the shared tests hold each to:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Set
+from collections.abc import Callable, Iterable, Set
 from typing import Any, NamedTuple, Protocol
 
 from ..applied_log import AppliedOp
@@ -93,6 +93,12 @@ class Storage(Protocol):
 
     def refuse_if_in_use(self, service: ServiceId) -> None:
         """Raise StorageDirInUse if a live host of another service uses this storage."""
+        ...
+
+    def hold(self, service: ServiceId) -> Callable[[], None]:
+        """Claim the storage for `service` until the function returned is called, as a host
+        does for its life (StorageDirInUse if another service holds it): a gateway holds it,
+        so that the storage stays its service's between hosts."""
         ...
 
     def describe(self) -> str:

@@ -32,7 +32,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Iterable, Iterator, Set
+from collections.abc import Callable, Iterable, Iterator, Set
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -144,7 +144,7 @@ class PostgresStorage:
             _bind_layout(db, layout)
             _claim(db, service)
             writer = f"pid {os.getpid()} on {socket.gethostname()}, {service.description}"
-            return PostgresHostStore(self.dsn, db, host, writer)
+            return PostgresHostStore(self.dsn, db, host, writer, service)
         except BaseException:
             db.close()
             raise
@@ -160,6 +160,16 @@ class PostgresStorage:
         shards = recorded.get("shards")
         sharded = recorded.get("placement") == Placement.SHARDED.value
         return shards if sharded and isinstance(shards, int) else None
+
+    def hold(self, service: ServiceId) -> Callable[[], None]:
+        db = _connect(self.dsn)
+        try:
+            _migrate(db)
+            _claim(db, service)
+        except BaseException:
+            db.close()
+            raise
+        return db.close
 
     def refuse_if_in_use(self, service: ServiceId) -> None:
         with _connect(self.dsn) as db:
@@ -178,8 +188,16 @@ class PostgresStorage:
 class PostgresHostStore:
     """One host's data in the database (`interface.HostStore`); see the module's contract."""
 
-    def __init__(self, dsn: str, db: psycopg.Connection[Any], host: str, writer: str) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        db: psycopg.Connection[Any],
+        host: str,
+        writer: str,
+        service: ServiceId,
+    ) -> None:
         self._dsn = dsn
+        self._service = service
         self._db: psycopg.Connection[Any] | None = db
         self._host = host
         self._remembered: int | None = None
@@ -297,12 +315,20 @@ class PostgresHostStore:
         return deleted.rowcount
 
     def _connection(self) -> psycopg.Connection[Any]:
-        """The connection, made again if it was lost: ownership stays with the epoch."""
+        """The connection, made again if it was lost: ownership of the host's data stays with
+        the epoch, and the service's claim, which went with the old connection, is taken again
+        (StorageDirInUse if another service took the database meanwhile)."""
         if self._db is None or self._db.closed or self._db.broken:
             if self._db is not None:
                 self._db.close()
             self._db = None
-            self._db = _connect(self._dsn)
+            db = _connect(self._dsn)
+            try:
+                _claim(db, self._service)
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
         return self._db
 
     @contextmanager

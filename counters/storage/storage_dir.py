@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import random
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import LayoutMismatch, StorageBusy, StorageDirInUse, StorageFailed
@@ -113,6 +115,10 @@ class StorageDir:
         except BaseException:
             os.close(fd)
             raise
+
+    def hold(self, service: ServiceId) -> Callable[[], None]:
+        fd = self.claim(service)
+        return functools.partial(os.close, fd)
 
     def refuse_if_in_use(self, service: ServiceId) -> None:
         """Raise StorageDirInUse if a live host of another service holds the dir."""

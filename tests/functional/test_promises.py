@@ -32,11 +32,12 @@ from aiohttp.test_utils import TestClient
 from counters.channel import Channel
 from counters.client import Namespace, new_op_id
 from counters.counter import Counter
-from counters.errors import OutcomeUnknown, StorageDirInUse
+from counters.errors import ConfigError, OutcomeUnknown, StorageDirInUse
 from counters.op_ids import ID_LENGTH
 from counters.operations import Operation
 from counters.placement import Placement
 from counters.settings import Settings
+from counters.storage.sqlite import SqliteStore
 from counters.storage.storage_dir import StorageDir
 from counters.testing import Service
 from counters.validation import INT64_MAX
@@ -415,3 +416,86 @@ async def test_a_namespace_on_another_services_storage_dir_is_refused(
         await second.get_by_name("A").increment()
     assert await first.get_by_name("A").get_counter_value() == 3
     assert await first.get_by_name("A").increment() == 4
+
+
+# 9. A host fenced behind its back --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("direct_channel", [True, False], ids=["channel", "ray-calls"])
+async def test_a_fenced_host_leaves_and_its_successor_serves_what_is_stored(
+    make_namespace: NamespaceFactory, direct_channel: bool
+) -> None:
+    namespace = make_namespace(shards=1, direct_channel=direct_channel)
+    stub = namespace.get_by_name("A")
+    for count in (1, 2, 3):
+        assert await stub.increment() == count
+    host = namespace.host_for("A")
+    before: Any = ray.get_actor(host, namespace=namespace.settings.namespace)
+    # Another writer takes the file over behind the host's back (as on a filesystem without
+    # locks) and stores 100.
+    path = StorageDir(namespace.settings.storage_path).host_path(host)
+    other = SqliteStore(path, host)
+    other.write([("A", "value", "100")])
+    other.close()
+    # The host finds itself fenced at its next commit: it stores nothing, the batch goes to a
+    # new host, which reads what is stored.
+    assert await stub.increment() == 101
+    assert await stub.increment() == 102
+    after: Any = ray.get_actor(host, namespace=namespace.settings.namespace)
+    assert after._actor_id != before._actor_id
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        assert db.execute("SELECT value FROM kv WHERE object = 'A'").fetchall() == [("102",)]
+
+
+# 10. The service's settings, whoever creates its actors -----------------------------------------
+
+
+async def test_hosts_take_the_services_settings_whichever_client_creates_them(
+    make_namespace: NamespaceFactory,
+) -> None:
+    service = make_namespace(shards=1, max_objects_per_host=3)
+    name = service.settings.namespace
+    # Another client, with its own (default) settings, is the first to reach the host.
+    other = make_namespace(shards=1, namespace=name)
+    assert other.settings.max_objects_per_host != 3
+    for i in range(40):
+        assert await other.get_by_name(f"r{i}").get_counter_value() == 0
+    stats = await other.handle(other.host_for("r0")).stats.remote()
+    assert (stats["objects"], stats["passivated"]) == (3, 37)
+    # A client that would retry longer than the hosts keep ids is refused.
+    with pytest.raises(ConfigError, match="too long for this service"):
+        make_namespace(shards=1, namespace=name, deadline=31)
+
+
+async def test_per_name_hosts_stay_within_the_cap_when_many_processes_create_them(
+    make_namespace: NamespaceFactory,
+) -> None:
+    namespace = make_namespace(Placement.PER_NAME, max_actors_per_node=2, deadline=60)
+    name = namespace.settings.namespace
+
+    @ray.remote(num_cpus=0)
+    def client(seed: int) -> list[int]:
+        counters = Namespace.join(name)
+        return [counters.get_by_name(f"p{seed}-{i}").blocking.increment() for i in range(4)]
+
+    peak = 0
+    calls = [client.remote(seed) for seed in range(3)]
+    while True:
+        done, _ = ray.wait(calls, num_returns=len(calls), timeout=0.05)
+        peak = max(peak, len(live_per_name_hosts(name)))
+        if len(done) == len(calls):
+            break
+    assert [ray.get(call) for call in calls] == [[1, 1, 1, 1]] * 3
+    assert peak == 2  # the bound, reached and never passed
+    for seed in range(3):
+        for i in range(4):
+            stub = namespace.get_by_name(f"p{seed}-{i}")
+            assert await stub.get_counter_value() == 1
+
+
+def live_per_name_hosts(namespace: str) -> list[str]:
+    return [
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["namespace"] == namespace and "/" in actor["name"]
+    ]

@@ -153,3 +153,12 @@ def test_another_service_is_refused_while_a_host_of_the_first_lives(backend: Bac
     backend.storage.refuse_if_in_use(OTHER)  # nobody holds it now
     taken = backend.storage.open_host("Counter.shard-1-of-2", LAYOUT, OTHER)
     taken.close()
+
+
+def test_a_held_storage_stays_its_services_between_hosts(backend: Backend) -> None:
+    release = backend.storage.hold(SERVICE)  # a gateway of the service, while it serves
+    backend.storage.open_host(HOST, LAYOUT, SERVICE).close()  # no host alive now
+    with pytest.raises(StorageDirInUse, match="the first service"):
+        backend.storage.open_host(HOST, LAYOUT, OTHER)
+    release()
+    backend.storage.open_host(HOST, LAYOUT, OTHER).close()
