@@ -230,21 +230,19 @@ with open(journal, "a") as out:
     out.write("first\\n")
 old_host = ray.get(service.handle(service.host_for("x")).node_id.remote())
 
-async def increments(counters, seconds, fenced_out=None):
-    loop = asyncio.get_running_loop()
-    until = loop.time() + seconds
+async def increments(counters, until):
+    # A new id only before `until` (wall-clock time, which every process here shares): the
+    # journal is read after it, so no id can be sent that it does not hold.
     sent = 0
-    while loop.time() < until:
+    while time.time() < until:
         op_id = uuid.uuid4().hex
         with open(journal, "a") as out:
             out.write(op_id + "\\n")
-        while loop.time() < until:
+        while time.time() < until:
             try:
                 await counters.get_by_name("x").increment(op_id=op_id)
                 break
-            except CountersError as error:
-                if fenced_out is not None and error.code == "fenced":
-                    fenced_out.append(op_id)
+            except CountersError:
                 await asyncio.sleep(0.02)
         sent += 1
     return sent
@@ -252,19 +250,20 @@ async def increments(counters, seconds, fenced_out=None):
 on_the_worker = NodeAffinitySchedulingStrategy(worker.node_id, soft=False)
 
 @ray.remote(num_cpus=0, scheduling_strategy=on_the_worker)
-def client_on_the_frozen_node():
-    return asyncio.run(increments(Namespace.join("stale"), 12.0))
+def client_on_the_frozen_node(until):
+    return asyncio.run(increments(Namespace.join("stale"), until))
 
-there = client_on_the_frozen_node.remote()
+stop_there = time.time() + 12.0
+there = client_on_the_frozen_node.remote(stop_there)
 time.sleep(2.0)
 spare = cluster.add_node(num_cpus=0, resources={"hosts": 1})
 cluster.wait_for_nodes()
 raylet = worker.all_processes["raylet"][0].process
 os.kill(raylet.pid, signal.SIGSTOP)
-here = asyncio.run(increments(service, 6.0))
+here = asyncio.run(increments(service, time.time() + 6.0))
 new_host = ray.get(service.handle(service.host_for("x")).node_id.remote())
 os.kill(raylet.pid, signal.SIGCONT)
-time.sleep(3.0)
+time.sleep(max(3.0, stop_there + 1.0 - time.time()))
 
 async def resend_everything():
     with open(journal) as lines:
