@@ -10,7 +10,8 @@ calls, so none is cut short; a call queued behind it is resent by its client to 
 if none will go, the caller gets Overloaded and nothing is created.
 
 The directory counts the hosts it admitted. Hosts also leave by themselves (idle, killed, lost
-with their node); it learns so when it next makes room, since a gone host no longer answers.
+with their node); it learns so when it next makes room, since a gone host is no longer found (one
+admitted but never seen yet counts as being created, for a while).
 Counting a gone host can only make it evict sooner, never admit more than the cap. A directory
 that restarts counts again from Ray's list of named actors.
 
@@ -54,6 +55,7 @@ class HostDirectory:
             for actor in ray.util.list_named_actors(all_namespaces=True)
             if actor["namespace"] == namespace and actor["name"].startswith(prefix)
         )
+        self._seen: set[str] = set(self._live)  # found alive once: once not found, gone
 
     def admit(self, host: str) -> None:
         """Let `host` be created: at once if it is counted or there is room, else after the
@@ -77,6 +79,10 @@ class HostDirectory:
         """Hosts counted as live."""
         return len(self._live)
 
+    def _forget(self, host: str) -> None:
+        del self._live[host]
+        self._seen.discard(host)
+
     def _make_room(self) -> None:
         """Stop the longest idle hosts until one more fits (after a restart of the directory,
         more than one may be over)."""
@@ -85,10 +91,11 @@ class HostDirectory:
             try:
                 handle = ray.get_actor(host, namespace=self._namespace)
             except ValueError:
-                # Gone, unless just admitted: its client may not have created it yet.
-                if time.monotonic() - admitted > _BEING_CREATED:
-                    del self._live[host]
+                # Gone, unless just admitted and never seen: its client may be creating it.
+                if host in self._seen or time.monotonic() - admitted > _BEING_CREATED:
+                    self._forget(host)
                 continue
+            self._seen.add(host)
             asked[host] = (handle, handle.idle_for.remote())
         if len(self._live) < self._cap:
             return
@@ -97,7 +104,7 @@ class HostDirectory:
             try:
                 idle.append((ray.get(reply, timeout=_ASK_TIMEOUT), host))
             except RayActorError:
-                del self._live[host]
+                self._forget(host)
             except GetTimeoutError:
                 continue  # busy with a long call: not the one to stop
         if len(self._live) < self._cap:
@@ -111,7 +118,7 @@ class HostDirectory:
             except GetTimeoutError:
                 left = False
             if left:
-                del self._live[host]
+                self._forget(host)
                 if len(self._live) < self._cap:
                     return
         raise Overloaded(

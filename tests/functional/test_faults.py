@@ -111,10 +111,11 @@ async def test_idempotency_key_over_http(client: TestClient[Any, Any]) -> None:
 
 
 async def test_an_unreachable_host_is_503_within_the_deadline(
-    make_namespace: NamespaceFactory, aiohttp_client: Any
+    make_namespace: NamespaceFactory, aiohttp_client: Any, postgres_dsn: str
 ) -> None:
-    # Hosts need a resource no node has: they can never start.
-    namespace = make_namespace(deadline=1.0, host_resource="no_such_node")
+    # Hosts need a resource no node has: they can never start, and wait for one (on PostgreSQL,
+    # hosts may run on any node: a node with the resource could join).
+    namespace = make_namespace(deadline=1.0, host_resource="no_such_node", database=postgres_dsn)
     client = await aiohttp_client(gateway_server(namespace))
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -136,10 +137,10 @@ async def test_an_unreachable_host_is_503_within_the_deadline(
 
 
 async def test_operations_behind_a_call_that_never_returns_fail_at_their_own_deadlines(
-    make_namespace: NamespaceFactory,
+    make_namespace: NamespaceFactory, postgres_dsn: str
 ) -> None:
     # The host can never start: the first call leaves and is never answered.
-    namespace = make_namespace(deadline=1.0, host_resource="no_such_node")
+    namespace = make_namespace(deadline=1.0, host_resource="no_such_node", database=postgres_dsn)
     loop = asyncio.get_running_loop()
 
     def increment() -> asyncio.Future[Any]:
@@ -365,3 +366,16 @@ async def test_postgres_stopped_and_started_under_load_answers_503_then_loses_no
         assert sum(acknowledged.values()) > 50
     finally:
         server.remove()
+
+
+async def test_a_host_that_cannot_start_where_its_files_are_is_503_at_once_and_retried(
+    make_namespace: NamespaceFactory,
+) -> None:
+    # SQLite: hosts run only on the storage dir's node, which lacks the resource: Ray says at
+    # once that the host cannot start; the client tries again until the deadline.
+    namespace = make_namespace(deadline=1.0, host_resource="no_such_node")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(HostUnavailable, match="cannot start"):
+        await namespace.get_by_name("A").increment()
+    assert 0.4 <= loop.time() - started <= 1.0  # tried until its next try would be too late

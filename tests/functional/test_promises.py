@@ -475,6 +475,8 @@ async def test_per_name_hosts_stay_within_the_cap_when_many_processes_create_the
 
     @ray.remote(num_cpus=0)
     def client(seed: int) -> list[int]:
+        # Creations wait for room one at a time at the directory: a deadline for all of them.
+        os.environ["COUNTERS_DEADLINE"] = "60"
         counters = Namespace.join(name)
         return [counters.get_by_name(f"p{seed}-{i}").blocking.increment() for i in range(4)]
 
