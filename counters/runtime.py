@@ -195,17 +195,7 @@ def get_or_create_host(
     Blocking (it asks Ray's GCS). Many callers creating the same host at once, in one process or
     many, all get the one actor: Ray's ``get_if_exists`` settles the race.
     """
-    options: dict[str, Any] = {
-        "name": host_name,
-        "namespace": settings.namespace,
-        "get_if_exists": True,
-        "lifetime": "detached",
-        "max_concurrency": 1,
-        "max_restarts": -1,
-        "max_task_retries": 0,
-        # Hosts wait on disk, not on CPU: reserving a CPU each would cap a 2-core node at 2 hosts.
-        "num_cpus": 0,
-    }
+    options = _serial_actor_options(host_name, settings.namespace)
     if settings.host_resource:
         # Only nodes with this resource run hosts (see cluster.yaml).
         options["resources"] = {settings.host_resource: 0.001}
@@ -230,19 +220,26 @@ def get_or_create_host(
     return cast(ActorHandle[Any], handle)
 
 
-def get_or_create_directory(object_class: type, settings: Settings) -> ActorHandle[Any]:
-    """The handle of the directory that admits per-name hosts (`directory.py`), created if
-    needed; like a host, it is named, detached and restarted after a crash."""
-    options: dict[str, Any] = {
-        "name": directory_name(object_class.__name__),
-        "namespace": settings.namespace,
+def _serial_actor_options(name: str, namespace: str) -> dict[str, Any]:
+    """A named actor that one call at a time, outlives its creator and restarts after a crash;
+    Ray does not retry its calls (the client resends, with ids)."""
+    return {
+        "name": name,
+        "namespace": namespace,
         "get_if_exists": True,
         "lifetime": "detached",
         "max_concurrency": 1,
         "max_restarts": -1,
         "max_task_retries": 0,
+        # They wait on disk and network, not on CPU: a CPU each would cap a 2-core node at 2.
         "num_cpus": 0,
     }
+
+
+def get_or_create_directory(object_class: type, settings: Settings) -> ActorHandle[Any]:
+    """The handle of the directory that admits per-name hosts (`directory.py`), created if
+    needed; like a host, it is named, detached and restarted after a crash."""
+    options = _serial_actor_options(directory_name(object_class.__name__), settings.namespace)
     handle = (
         _directory_class()
         .options(**options)

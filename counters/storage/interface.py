@@ -25,13 +25,39 @@ from collections.abc import Callable, Iterable, Set
 from typing import Any, NamedTuple, Protocol
 
 from ..applied_log import AppliedOp
+from ..object_storage import DELETED
 from ..placement import Layout
 
-__all__ = ["Applied", "Change", "HostStore", "Oldest", "ServiceId", "Storage"]
+__all__ = ["Applied", "Change", "HostStore", "Oldest", "Rows", "ServiceId", "Storage"]
 
 Change = tuple[str, str, Any]  # (object, key, JSON text or DELETED)
 Applied = tuple[str, str, AppliedOp]  # (object, op_id, what it did)
 Oldest = tuple[int, float]  # (at most this many of the oldest ids, those recorded before this)
+
+
+class Rows(NamedTuple):
+    """What one `write` stores, as rows: the backends' common first step."""
+
+    upserts: list[tuple[str, str, str]]  # (object, key, JSON text)
+    deletes: list[tuple[str, str]]  # (object, key)
+    records: list[tuple[str, str, float, str, str]]  # (op_id, object, at, request, result)
+
+    @classmethod
+    def of(cls, changes: Iterable[Change], applied: Iterable[Applied]) -> Rows:
+        upserts: list[tuple[str, str, str]] = []
+        deletes: list[tuple[str, str]] = []
+        for object_name, key, text in changes:
+            if text is DELETED:
+                deletes.append((object_name, key))
+            else:
+                upserts.append((object_name, key, text))
+        records = [(op_id, name, a.at, a.request, a.result) for name, op_id, a in applied]
+        return cls(upserts, deletes, records)
+
+    def nothing(self, forget_oldest: Oldest | None) -> bool:
+        """Nothing to store and nothing to forget: no transaction needed."""
+        forgets = forget_oldest is not None and forget_oldest[0] > 0
+        return not (self.upserts or self.deletes or self.records or forgets)
 
 
 class ServiceId(NamedTuple):

@@ -49,9 +49,8 @@ from ..errors import (
     StorageFailed,
     StorageFull,
 )
-from ..object_storage import DELETED
 from ..placement import Layout, Placement
-from .interface import Applied, Change, Oldest, ServiceId
+from .interface import Applied, Change, Oldest, Rows, ServiceId
 
 __all__ = ["MIGRATIONS", "PostgresHostStore", "PostgresStorage", "redacted"]
 
@@ -246,16 +245,8 @@ class PostgresHostStore:
         applied: Iterable[Applied] = (),
         forget_oldest: Oldest | None = None,
     ) -> None:
-        upserts: list[tuple[str, str, str]] = []
-        deletes: list[tuple[str, str]] = []
-        for object_name, key, text in changes:
-            if text is DELETED:
-                deletes.append((object_name, key))
-            else:
-                upserts.append((object_name, key, text))
-        records = [(op_id, name, a.at, a.request, a.result) for name, op_id, a in applied]
-        forgets = forget_oldest is not None and forget_oldest[0] > 0
-        if not (upserts or deletes or records or forgets):
+        upserts, deletes, records = rows = Rows.of(changes, applied)
+        if rows.nothing(forget_oldest):
             return
         with self._owned_transaction("write", ", nothing of it was stored") as db:
             if upserts:

@@ -31,8 +31,7 @@ from pathlib import Path
 
 from ..applied_log import AppliedOp
 from ..errors import Fenced, StorageFailed, StorageFull
-from ..object_storage import DELETED
-from .interface import Applied, Change, Oldest
+from .interface import Applied, Change, Oldest, Rows
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
 
@@ -225,21 +224,13 @@ class SqliteStore:
         `forget_oldest` forgets, after recording `applied`, up to that many of the oldest ids
         (none for 0), stopping at the first one recorded at or after the given time.
         """
-        upserts: list[tuple[str, str, str]] = []
-        deletes: list[tuple[str, str]] = []
-        for object_name, key, text in changes:
-            if text is DELETED:
-                deletes.append((object_name, key))
-            else:
-                upserts.append((object_name, key, text))
-        records = [(op_id, name, a.at, a.request, a.result) for name, op_id, a in applied]
-        forgets = forget_oldest is not None and forget_oldest[0] > 0
-        if not (upserts or deletes or records or forgets):
+        upserts, deletes, records = rows = Rows.of(changes, applied)
+        if rows.nothing(forget_oldest):
             return
         with self._owned_transaction("write", ", nothing of it was stored"):
-            for sql, rows in ((_UPSERT, upserts), (_DELETE, deletes), (_RECORD, records)):
-                if rows:
-                    self._db.executemany(sql, rows)
+            for sql, batch in ((_UPSERT, upserts), (_DELETE, deletes), (_RECORD, records)):
+                if batch:
+                    self._db.executemany(sql, batch)
             forgotten = 0 if forget_oldest is None else self._forget_oldest(*forget_oldest)
         self._count(len(records) - forgotten)
         if records and self._oldest_at == math.inf:
