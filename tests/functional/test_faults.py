@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections import Counter as Tally
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,21 +59,12 @@ async def test_sigkilled_hosts_lose_nothing_and_apply_nothing_twice(
                     rng.choice(victims).send_signal(signal.SIGKILL)
                     kills += 1
 
-    async def client(seed: int, until: float) -> None:
-        rng = random.Random(seed)
-        loop = asyncio.get_running_loop()
-        while loop.time() < until:
-            name = rng.choice(names)
-            op_id = uuid.uuid4().hex
-            while True:  # the same id until acknowledged, as a careful client does
-                try:
-                    await namespace.get_by_name(name).increment(op_id=op_id)
-                    break
-                except CountersError as error:
-                    if not error.retry_safe:
-                        unexpected.append(error)
-                    await asyncio.sleep(0.05)
-            acknowledged[name] += 1
+    def check(error: CountersError) -> None:
+        if not error.retry_safe:
+            unexpected.append(error)
+
+    def client(seed: int, until: float) -> Awaitable[None]:
+        return careful_client(namespace, names, seed, until, acknowledged, check)
 
     # Create the hosts before the killer starts, so it has victims from the first round.
     await asyncio.gather(*(namespace.get_by_name(n).get_counter_value() for n in names))
@@ -332,22 +323,13 @@ async def test_postgres_stopped_and_started_under_load_answers_503_then_loses_no
         refusals: Tally[str] = Tally()
         unexpected: list[CountersError] = []
 
-        async def client(seed: int, until: float) -> None:
-            rng = random.Random(seed)
-            loop = asyncio.get_running_loop()
-            while loop.time() < until:
-                name = rng.choice(names)
-                op_id = uuid.uuid4().hex
-                while True:  # the same id until acknowledged
-                    try:
-                        await namespace.get_by_name(name).increment(op_id=op_id)
-                        break
-                    except CountersError as error:
-                        refusals[error.code] += 1
-                        if error.http_status != 503 and not isinstance(error, OutcomeUnknown):
-                            unexpected.append(error)
-                        await asyncio.sleep(0.05)
-                acknowledged[name] += 1
+        def check(error: CountersError) -> None:
+            refusals[error.code] += 1
+            if error.http_status != 503 and not isinstance(error, OutcomeUnknown):
+                unexpected.append(error)
+
+        def client(seed: int, until: float) -> Awaitable[None]:
+            return careful_client(namespace, names, seed, until, acknowledged, check)
 
         await asyncio.gather(*(namespace.get_by_name(n).get_counter_value() for n in names))
         loop = asyncio.get_running_loop()
@@ -379,3 +361,28 @@ async def test_a_host_that_cannot_start_where_its_files_are_is_503_at_once_and_r
     with pytest.raises(HostUnavailable, match="cannot start"):
         await namespace.get_by_name("A").increment()
     assert 0.4 <= loop.time() - started <= 1.0  # tried until its next try would be too late
+
+
+async def careful_client(
+    namespace: Namespace,
+    names: list[str],
+    seed: int,
+    until: float,
+    acknowledged: Tally[str],
+    check: Callable[[CountersError], None],
+) -> None:
+    """Increments of random names until `until` (loop time), each sent with one id until it is
+    acknowledged, as a careful client does; every error goes to `check` first."""
+    rng = random.Random(seed)
+    loop = asyncio.get_running_loop()
+    while loop.time() < until:
+        name = rng.choice(names)
+        op_id = uuid.uuid4().hex
+        while True:
+            try:
+                await namespace.get_by_name(name).increment(op_id=op_id)
+                break
+            except CountersError as error:
+                check(error)
+                await asyncio.sleep(0.05)
+        acknowledged[name] += 1
