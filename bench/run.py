@@ -446,6 +446,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="skip per-name and cold start")
+    parser.add_argument(
+        "--backend",
+        choices=("both", "sqlite", "postgres"),
+        default="both",
+        help="which storage the sharded service runs on (both: one after the other)",
+    )
     arguments = parser.parse_args()
     arguments.rounds = arguments.rounds or (1 if arguments.quick else 5)
     ensure_tools()
@@ -479,33 +485,37 @@ def main() -> int:
         references["redis"] = f"http://127.0.0.1:{port}"
         for base in references.values():
             warm_up_http(base, arguments, SPREAD_NAMES)
-        port = free_port()
-        with counters_serve(port, tmp / "sharded", "sharded", tmp / "sharded.log"):
-            base = f"http://127.0.0.1:{port}"
-            warm_up_http(base, arguments, SPREAD_NAMES)
-            # The project right between the two references with targets, in every round.
-            systems = {
-                "raw ceiling": references["raw ceiling"],
-                "ceiling": references["ceiling"],
-                "counters sharded": base,
-                "redis": references["redis"],
-            }
-            results += rounds(systems, arguments, "sharded", cold=not arguments.quick)
-        # The same on PostgreSQL, between the same references, measured again in its rounds.
-        database = references_up.enter_context(postgres_server())
-        port = free_port()
-        with counters_serve(port, tmp / "pg", "sharded", tmp / "pg.log", "--database", database):
-            base = f"http://127.0.0.1:{port}"
-            warm_up_http(base, arguments, SPREAD_NAMES)
-            on_postgres = {
-                "raw ceiling": references["raw ceiling"],
-                "ceiling": references["ceiling"],
-                "counters postgres": base,
-                "redis": references["redis"],
-            }
-            results += rounds(on_postgres, arguments, "postgres")
+        on_sqlite = arguments.backend in ("both", "sqlite")
+        if on_sqlite:
+            port = free_port()
+            with counters_serve(port, tmp / "sharded", "sharded", tmp / "sharded.log"):
+                base = f"http://127.0.0.1:{port}"
+                warm_up_http(base, arguments, SPREAD_NAMES)
+                # The project right between the two references with targets, in every round.
+                systems = {
+                    "raw ceiling": references["raw ceiling"],
+                    "ceiling": references["ceiling"],
+                    "counters sharded": base,
+                    "redis": references["redis"],
+                }
+                results += rounds(systems, arguments, "sharded", cold=not arguments.quick)
+        if arguments.backend in ("both", "postgres"):
+            # The same on PostgreSQL, between the same references, measured again in its rounds.
+            database = references_up.enter_context(postgres_server())
+            port = free_port()
+            pg = ("--database", database)
+            with counters_serve(port, tmp / "pg", "sharded", tmp / "pg.log", *pg):
+                base = f"http://127.0.0.1:{port}"
+                warm_up_http(base, arguments, SPREAD_NAMES)
+                on_postgres = {
+                    "raw ceiling": references["raw ceiling"],
+                    "ceiling": references["ceiling"],
+                    "counters postgres": base,
+                    "redis": references["redis"],
+                }
+                results += rounds(on_postgres, arguments, "postgres")
         references_up.close()
-        if not arguments.quick:
+        if on_sqlite and not arguments.quick:
             # The same with a Ray call per batch instead of the direct channel: what it saves.
             port = free_port()
             no_channel = ("--no-direct-channel",)
@@ -520,7 +530,8 @@ def main() -> int:
                 warm_up_http(base, arguments, PER_NAME_NAMES)
                 per_name = {"counters per-name": base}
                 results += rounds(per_name, arguments, "per-name", PER_NAME_NAMES)
-        results += python_client_scenarios(arguments, tmp / "python")
+        if on_sqlite:
+            results += python_client_scenarios(arguments, tmp / "python")
     from counters.placement import default_shards
     from counters.settings import Settings
 
