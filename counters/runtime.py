@@ -275,6 +275,10 @@ def start_ray(settings: Settings) -> bool:
         dashboard_host="127.0.0.1",
         dashboard_port=settings.dashboard_port or None,
         log_to_driver=False,
+        # Ray starts workers at nice 15 to favour its own daemons; here the workers are the
+        # service (hosts, the single writers), and at 15 they starve behind the gateway's
+        # process under load: hot increments on PostgreSQL went from 16k/s to 20k/s at 0.
+        _system_config={"worker_niceness": 0},
     )
     return True
 
