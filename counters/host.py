@@ -14,10 +14,13 @@ Lifecycle and failure semantics of a host:
 - Fenced: a commit that finds a newer writer's epoch in the file stores nothing, and from then
   on the host fails every operation with Fenced (retry-safe: nothing was stored) without
   touching the file; its actor exits, and the client resends to the current host.
-- `apply` looks up the batch's operation ids on disk (`applied_log.py`), then runs its operations
-  one after another, each against its object's storage. An operation that raises fails alone:
-  its writes are dropped and its caller gets the error. An operation whose id the object already
-  applied is answered with the first result, no effect.
+- `apply` runs a batch's operations one after another, each against its object's storage. An
+  operation that raises fails alone: its writes are dropped and its caller gets the error. An
+  operation whose id the object already applied is answered with the first result, no effect:
+  ids are recorded on disk (`applied_log.py`), and the commit refuses an id recorded before
+  (IdsAlreadyRecorded), so the batch first runs as if every id were new, which most are, and
+  runs again from storage with every id looked up if one was not. (Looking every id up first
+  cost a query per batch, and on PostgreSQL a round trip.)
 - Then every kept write of the batch, and the ids of the operations that made them, are committed
   in one SQLite transaction (group commit), and only then are the outcomes returned. If the commit
   fails, every operation of the batch fails with StorageFailed and nothing of it is acknowledged
@@ -53,8 +56,8 @@ from .errors import (
 from .object_storage import ObjectStorage, decode_value, encode_value
 from .operations import Operation, Outcome
 from .placement import Layout
-from .storage import HostStore, ServiceId, Storage, StorageDir
-from .validation import validate_name
+from .storage import HostStore, IdsAlreadyRecorded, ServiceId, Storage, StorageDir
+from .validation import OP_ID_RULE, is_op_id, validate_name
 
 __all__ = ["HostConfig", "ObjectHost"]
 
@@ -119,21 +122,76 @@ class ObjectHost:
             store = self._open_store()
         except CountersError as error:
             return tuple(Outcome(error=error) for _ in operations)
-        touched: dict[str, _Active] = {}
-        recorded: dict[tuple[str, str], AppliedOp] = {}  # this batch's ids, on disk at commit
         try:
-            seen = store.find_applied(
-                {
-                    (name, op_id)
-                    for name, _, _, op_id in operations
-                    if type(op_id) is str and type(name) is str
-                }
+            return self._apply(operations, store, now, look_up_every_id=False)
+        except IdsAlreadyRecorded:
+            # An operation sent again had been applied: the batch again, from what storage
+            # holds, knowing every id of it first.
+            return self._apply(operations, store, now, look_up_every_id=True)
+
+    def _apply(
+        self,
+        operations: Sequence[Operation],
+        store: HostStore,
+        now: float,
+        look_up_every_id: bool,
+    ) -> tuple[Outcome, ...]:
+        touched: dict[str, _Active] = {}
+        seen: dict[tuple[str, str], AppliedOp] = {}
+        if look_up_every_id:
+            try:
+                seen = store.find_applied(
+                    {
+                        (name, op_id)
+                        for name, _, _, op_id in operations
+                        if type(name) is str and is_op_id(op_id)
+                    }
+                )
+            except StorageFailed as error:
+                return tuple(Outcome(error=error) for _ in operations)
+        recorded: dict[tuple[str, str], AppliedOp] = {}  # this batch's ids, on disk at commit
+        with_id: list[int] = []  # operations that got as far as their id: valid, and known
+        try:
+            outcomes = [
+                self._run(operation, index, store, touched, seen, recorded, with_id, now)
+                for index, operation in enumerate(operations)
+            ]
+            return self._commit(
+                operations, outcomes, store, touched, recorded, with_id, now, look_up_every_id
             )
-        except StorageFailed as error:
-            return tuple(Outcome(error=error) for _ in operations)
-        outcomes = tuple(
-            self._run(operation, store, touched, seen, recorded, now) for operation in operations
-        )
+        except BaseException:
+            # Whatever went wrong, nothing of this batch was stored: neither may memory keep
+            # it, or the next commit would store these writes without their ids.
+            self._drop(touched)
+            raise
+
+    def _commit(
+        self,
+        operations: Sequence[Operation],
+        outcomes: list[Outcome],
+        store: HostStore,
+        touched: dict[str, _Active],
+        recorded: dict[tuple[str, str], AppliedOp],
+        with_id: list[int],
+        now: float,
+        looked_up: bool,
+    ) -> tuple[Outcome, ...]:
+        if not looked_up:
+            # Most ids are new, and the commit refuses one that is not (IdsAlreadyRecorded):
+            # only the ids of operations that wrote nothing now are looked up, for they may
+            # have written before, and then their first answer stands.
+            unwritten = [index for index in with_id if _key(operations[index]) not in recorded]
+            try:
+                seen = store.find_applied({_key(operations[i]) for i in unwritten})
+            except StorageFailed as error:
+                self._drop(touched)
+                return tuple(Outcome(error=error) for _ in operations)
+            for index in unwritten:
+                first = seen.get(_key(operations[index]))
+                if first is not None:
+                    _, method_name, args, _ = operations[index]
+                    op_id = _key(operations[index])[1]
+                    outcomes[index] = _first_answer(first, method_name, args, op_id)
         if not recorded and not any(a.storage.has_staged() for a in touched.values()):
             # A batch of reads needs no commit, but answers from memory only while the file is
             # still ours: checked after reading, so no newer writer came in between.
@@ -144,7 +202,7 @@ class ObjectHost:
                     self._fence(error)
                 return tuple(Outcome(error=error) for _ in operations)
             self._cap_objects()
-            return outcomes
+            return tuple(outcomes)
         try:
             store.write(
                 changes=(
@@ -157,10 +215,16 @@ class ObjectHost:
                     store.applied_count(), len(recorded), now
                 ),
             )
+        except IdsAlreadyRecorded:
+            self._drop(touched)
+            if not looked_up:
+                raise
+            # Every id was looked up, and we are the one writer: not ours to explain (and the
+            # ids, another client's secrets, stay out of the answer).
+            failed = StorageFailed("an operation id was found recorded twice; nothing was stored")
+            return tuple(Outcome(error=failed) for _ in operations)
         except (StorageFailed, OutcomeUnknown) as error:
-            for name in touched:
-                # Storage may know better than our cache after a failed commit: reload it.
-                self._objects.pop(name, None)
+            self._drop(touched)
             if isinstance(error, Fenced):
                 self._fence(error)
             if isinstance(error, OutcomeUnknown):
@@ -169,7 +233,12 @@ class ObjectHost:
         for active in touched.values():
             active.storage.commit()
         self._cap_objects()
-        return outcomes
+        return tuple(outcomes)
+
+    def _drop(self, touched: dict[str, _Active]) -> None:
+        """Objects whose staged writes were not stored: storage knows better, load it again."""
+        for name in touched:
+            self._objects.pop(name, None)
 
     def call(self, object_name: str, method: str, *args: Any, op_id: str | None = None) -> Any:
         """One operation, for callers using bare Ray: returns its value or raises its error."""
@@ -223,10 +292,12 @@ class ObjectHost:
     def _run(
         self,
         operation: Operation,
+        index: int,
         store: HostStore,
         touched: dict[str, _Active],
         seen: dict[tuple[str, str], AppliedOp],
         recorded: dict[tuple[str, str], AppliedOp],
+        with_id: list[int],
         now: float,
     ) -> Outcome:
         # Unpacked, not read by field: the direct channel sends operations as plain tuples.
@@ -241,22 +312,16 @@ class ObjectHost:
             method = self._method(active.instance, method_name, args)
         except CountersError as error:
             return Outcome(error=error)
-        if op_id is not None and (type(op_id) is not str or not op_id):  # bare Ray callers
-            return Outcome(error=InvalidInput(f"operation ids are non-empty text, not {op_id!r}"))
+        if op_id is not None and not is_op_id(op_id):  # bare Ray callers
+            return Outcome(error=InvalidInput(f"{OP_ID_RULE}, not {op_id!r:.80}"))
         touched[name] = active
         request = ""
         if op_id is not None:
+            with_id.append(index)
             request = _request(method_name, args)
             first = recorded.get((name, op_id)) or seen.get((name, op_id))
             if first is not None:
-                if first.request != request:
-                    return Outcome(
-                        error=IdempotencyKeyReused(
-                            f"operation id {op_id!r} was used for {first.request}, "
-                            f"not {request}; use a new id for a new operation"
-                        )
-                    )
-                return Outcome(value=decode_value(first.result))
+                return _first_answer(first, method_name, args, op_id)
         try:
             value = method(*args)
         except CountersError as error:
@@ -289,6 +354,8 @@ class ObjectHost:
             if not callable(function) or name.startswith("_"):
                 raise UnknownMethod(f"{self.object_class.__name__} has no method {name!r}")
             arity = self._arities[name] = _arity(function)
+        if not isinstance(args, tuple | list):  # bare Ray callers
+            raise InvalidInput(f"arguments come as a tuple or a list, not {type(args).__name__}")
         low, high = arity
         if not low <= len(args) <= high:
             raise InvalidInput(
@@ -315,6 +382,24 @@ class ObjectHost:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+
+def _key(operation: Operation) -> tuple[str, str]:
+    name, _, _, op_id = operation
+    return name, op_id  # type: ignore[return-value]  # only of operations with valid ids
+
+
+def _first_answer(first: AppliedOp, method: str, args: tuple[Any, ...], op_id: str) -> Outcome:
+    """The answer to an operation whose id was applied before: the first result, no effect."""
+    request = _request(method, args)
+    if first.request != request:
+        return Outcome(
+            error=IdempotencyKeyReused(
+                f"operation id {op_id!r} was used for {first.request}, not {request}; "
+                "use a new id for a new operation"
+            )
+        )
+    return Outcome(value=decode_value(first.result))
 
 
 def _request(method: str, args: tuple[Any, ...]) -> str:

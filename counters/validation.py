@@ -7,6 +7,7 @@ counter checks again inside the host, so a bad value never reaches storage which
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 from .errors import CountOutOfRange, InvalidAmount, InvalidName
 
@@ -14,8 +15,11 @@ __all__ = [
     "INT64_MAX",
     "INT64_MIN",
     "MAX_NAME_BYTES",
+    "MAX_OP_ID_CHARS",
+    "OP_ID_RULE",
     "check_amount",
     "check_count",
+    "is_op_id",
     "parse_amount",
     "validate_name",
 ]
@@ -23,6 +27,8 @@ __all__ = [
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 MAX_NAME_BYTES = 1024
+MAX_OP_ID_CHARS = 255
+OP_ID_RULE = f"operation ids are text of 1 to {MAX_OP_ID_CHARS} characters without controls"
 
 # C0 controls, DEL and C1 controls: invisible in logs and dashboards, and NUL breaks C strings.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
@@ -52,6 +58,21 @@ def validate_name(name: object) -> str:
             f"name must not contain control characters (found U+{ord(found.group()):04X})"
         )
     return name
+
+
+def is_op_id(op_id: object) -> TypeGuard[str]:
+    """Whether `op_id` is a usable operation id: text of 1 to 255 characters, valid Unicode,
+    without control characters. (The gateway takes visible ASCII only; bare Ray callers may
+    send anything, and storage must not meet a NUL or a lone surrogate.)"""
+    if type(op_id) is not str or not 0 < len(op_id) <= MAX_OP_ID_CHARS:
+        return False
+    if op_id.isascii():  # every id the clients make: the quick way
+        return _CONTROL.search(op_id) is None
+    try:
+        op_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return _CONTROL.search(op_id) is None
 
 
 def check_amount(amount: object) -> int:

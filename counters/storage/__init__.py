@@ -5,7 +5,7 @@ sqlite.py        one SQLite file per host, fenced by an epoch in every commit
 storage_dir.py   the SQLite backend: a directory of those files, the locks for one writer
 """
 
-from .interface import Applied, Change, HostStore, Oldest, ServiceId, Storage
+from .interface import Applied, Change, HostStore, IdsAlreadyRecorded, Oldest, ServiceId, Storage
 from .sqlite import MIGRATIONS, SqliteStore
 from .storage_dir import StorageDir
 
@@ -14,6 +14,7 @@ __all__ = [
     "Applied",
     "Change",
     "HostStore",
+    "IdsAlreadyRecorded",
     "Oldest",
     "ServiceId",
     "SqliteStore",

@@ -16,7 +16,9 @@ The contract every backend keeps, and the shared tests hold each to:
 - One writer, checked in every commit. Opening a host's store takes ownership of that host's
   data by raising its epoch; every transaction that writes checks, inside the transaction, that
   the epoch is still its own, and otherwise stores nothing and raises `Fenced`.
-- Operation ids are recorded in the same transaction as the change they made.
+- Operation ids are recorded in the same transaction as the change they made, and never twice:
+  a `write` with an id recorded before for its object stores nothing and raises
+  `IdsAlreadyRecorded`, which the host answers by looking the batch's ids up.
 """
 
 from __future__ import annotations
@@ -28,11 +30,27 @@ from ..applied_log import AppliedOp
 from ..object_storage import DELETED
 from ..placement import Layout
 
-__all__ = ["Applied", "Change", "HostStore", "Oldest", "Rows", "ServiceId", "Storage"]
+__all__ = [
+    "Applied",
+    "Change",
+    "HostStore",
+    "IdsAlreadyRecorded",
+    "Oldest",
+    "Rows",
+    "ServiceId",
+    "Storage",
+]
 
 Change = tuple[str, str, Any]  # (object, key, JSON text or DELETED)
 Applied = tuple[str, str, AppliedOp]  # (object, op_id, what it did)
 Oldest = tuple[int, float]  # (at most this many of the oldest ids, those recorded before this)
+
+
+class IdsAlreadyRecorded(Exception):
+    """A write's operation id was recorded before, for its object; nothing was stored.
+
+    Between a store and its host only: the host then runs the batch again, knowing its ids.
+    """
 
 
 class Rows(NamedTuple):

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..applied_log import AppliedOp
 from ..errors import Fenced, StorageFailed, StorageFull
-from .interface import Applied, Change, Oldest, Rows
+from .interface import Applied, Change, IdsAlreadyRecorded, Oldest, Rows
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
 
@@ -290,6 +290,8 @@ class SqliteStore:
         try:
             yield
         except sqlite3.Error as error:
+            if isinstance(error, sqlite3.IntegrityError) and "applied_ids" in str(error):
+                raise IdsAlreadyRecorded(str(error)) from None
             full = isinstance(error, sqlite3.OperationalError) and "full" in str(error)
             kind = StorageFull if full else StorageFailed
             raise kind(f"cannot {doing} storage {self.path}{consequence}: {error}") from None

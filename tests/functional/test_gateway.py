@@ -1,4 +1,7 @@
-"""Every route and every bad input, over HTTP on loopback, for both placements."""
+"""Every route and every bad input, over HTTP on loopback, for both placements.
+
+Inputs that reach storage (names of every kind, counts at the 64-bit edge) run on both backends.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +19,11 @@ from aiohttp.log import server_logger
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
+from counters.placement import Placement
 from gateway import Gateway
 from gateway.app import ServerLog
 
-from .conftest import NamespaceFactory
+from .conftest import NamespaceFactory, gateway_server
 
 Client = TestClient[Any, Any]
 NO_NAME = (
@@ -107,7 +111,20 @@ async def test_a_post_waiting_for_100_continue_gets_it(client: Client) -> None:
     assert await count_of(client, "E") == 4
 
 
-async def test_unusual_names_are_just_names(client: Client) -> None:
+@pytest.fixture
+async def client_on_backend(
+    make_namespace: NamespaceFactory,
+    placement: Placement,
+    backend: dict[str, str],
+    aiohttp_client: Any,
+) -> Client:
+    """As `client`, on each storage backend in turn."""
+    test_client: Client = await aiohttp_client(gateway_server(make_namespace(placement, **backend)))
+    return test_client
+
+
+async def test_unusual_names_are_just_names(client_on_backend: Client) -> None:
+    client = client_on_backend
     for name in ["../../etc", "a b", "名前", "x" * 1024, "é" * 512, "'quoted'", "a&b=c"]:
         async with client.get("/increment", params={"name": name}) as response:
             assert response.status == 200, name
@@ -143,7 +160,8 @@ async def test_bad_input_is_a_clear_4xx_and_changes_nothing(
     assert await count_of(client, "A") == 0
 
 
-async def test_leaving_int64_is_422_and_changes_nothing(client: Client) -> None:
+async def test_leaving_int64_is_422_and_changes_nothing(client_on_backend: Client) -> None:
+    client = client_on_backend
     top = 2**63 - 1
     assert await text(client, f"/increment?name=A&amount={top}") == (
         200,

@@ -1,10 +1,15 @@
-"""The host without Ray: batches, group commit, failures alone, reload from disk."""
+"""The host without Ray: batches, group commit, failures alone, reload from disk.
+
+Tests that take `storage` run on each backend (a SQLite storage dir, a real PostgreSQL).
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,23 +32,42 @@ from counters.errors import (
 from counters.host import HostConfig, ObjectHost
 from counters.operations import Operation, Outcome
 from counters.placement import Layout, Placement
-from counters.storage import SqliteStore
+from counters.storage import SqliteStore, Storage
 from counters.storage.storage_dir import StorageDir
 from counters.validation import INT64_MAX
 
 LAYOUT = Layout("Counter", Placement.SHARDED, 2)
 
 
-def make_host(storage_dir: Path, layout: Layout = LAYOUT) -> ObjectHost:
-    return ObjectHost(Counter, "Counter.shard-0-of-2", str(storage_dir), layout)
+_made: list[ObjectHost] = []
+
+
+def make_host(
+    storage: Storage | Path,
+    layout: Layout = LAYOUT,
+    name: str = "Counter.shard-0-of-2",
+    **options: Any,
+) -> ObjectHost:
+    where = str(storage) if isinstance(storage, Path) else storage
+    host = ObjectHost(Counter, name, where, layout, **options)
+    _made.append(host)
+    return host
+
+
+@pytest.fixture(autouse=True)
+def _close_hosts() -> Iterator[None]:
+    """Every host made closed after its test, as its process would: connections and locks."""
+    yield
+    while _made:
+        _made.pop().close()
 
 
 def values(outcomes: tuple[Outcome, ...]) -> list[object]:
     return [o.value if o.error is None else type(o.error) for o in outcomes]
 
 
-def test_a_batch_runs_in_order_and_commits_once(tmp_path: Path) -> None:
-    host = make_host(tmp_path)
+def test_a_batch_runs_in_order_and_commits_once(storage: Storage) -> None:
+    host = make_host(storage)
     outcomes = host.apply(
         [
             Operation("A", "increment", (1,)),
@@ -57,13 +81,13 @@ def test_a_batch_runs_in_order_and_commits_once(tmp_path: Path) -> None:
     assert host.stats() == {"batches": 1, "operations": 5, "objects": 2, "passivated": 0}
     # A new host on the same files (an actor restarted after a crash) sees it all.
     host.close()  # its process gone, as after a crash
-    again = make_host(tmp_path)
+    again = make_host(storage)
     assert values(again.apply([Operation("A", "get_counter_value")])) == [3]
     assert again.call("B", "get_counter_value") == 9
 
 
-def test_a_failing_operation_fails_alone(tmp_path: Path) -> None:
-    host = make_host(tmp_path)
+def test_a_failing_operation_fails_alone(storage: Storage) -> None:
+    host = make_host(storage)
     host.call("A", "increment", INT64_MAX - 1)
     outcomes = host.apply(
         [
@@ -88,14 +112,14 @@ def test_a_failing_operation_fails_alone(tmp_path: Path) -> None:
         4,
     ]
     host.close()  # its process gone, as after a crash
-    again = make_host(tmp_path)
+    again = make_host(storage)
     assert again.call("A", "get_counter_value") == INT64_MAX
     assert again.call("B", "get_counter_value") == 4
 
 
-def test_errors_from_call_are_raised(tmp_path: Path) -> None:
+def test_errors_from_call_are_raised(storage: Storage) -> None:
     with pytest.raises(CountOutOfRange):
-        make_host(tmp_path).call("A", "decrement", -INT64_MAX - 1)
+        make_host(storage).call("A", "decrement", -INT64_MAX - 1)
 
 
 class Broken:
@@ -151,9 +175,9 @@ def test_unusable_storage_fails_operations_then_recovers(tmp_path: Path) -> None
     assert host.call("A", "increment", 1) == 1
 
 
-def test_a_mismatched_layout_is_refused(tmp_path: Path) -> None:
-    make_host(tmp_path).call("A", "increment", 1)
-    other = make_host(tmp_path, Layout("Counter", Placement.SHARDED, 3))
+def test_a_mismatched_layout_is_refused(storage: Storage) -> None:
+    make_host(storage).call("A", "increment", 1)
+    other = make_host(storage, Layout("Counter", Placement.SHARDED, 3))
     outcomes = other.apply([Operation("A", "get_counter_value")])
     assert isinstance(outcomes[0].error, LayoutMismatch)
 
@@ -166,8 +190,8 @@ class Clock:
         return self.now
 
 
-def test_an_operation_id_is_applied_once(tmp_path: Path) -> None:
-    host = make_host(tmp_path)
+def test_an_operation_id_is_applied_once(storage: Storage) -> None:
+    host = make_host(storage)
     assert host.call("A", "increment", 5, op_id="k1") == 5
     assert host.call("A", "increment", 5, op_id="k1") == 5  # the first answer, no second effect
     outcomes = host.apply(
@@ -181,7 +205,7 @@ def test_an_operation_id_is_applied_once(tmp_path: Path) -> None:
     assert values(outcomes) == [6, 6, 5, 5]
     # The ids are on disk with the change: a restarted host still knows them.
     host.close()  # its process gone, as after a crash
-    again = make_host(tmp_path)
+    again = make_host(storage)
     assert again.call("A", "increment", 1, op_id="k2") == 6
     assert again.call("A", "get_counter_value") == 6
     with pytest.raises(IdempotencyKeyReused, match=r"increment\(1\)"):
@@ -189,8 +213,8 @@ def test_an_operation_id_is_applied_once(tmp_path: Path) -> None:
     assert again.call("A", "get_counter_value") == 6
 
 
-def test_an_id_is_matched_to_its_request_by_type_too(tmp_path: Path) -> None:
-    host = make_host(tmp_path)
+def test_an_id_is_matched_to_its_request_by_type_too(storage: Storage) -> None:
+    host = make_host(storage)
     assert host.call("A", "increment", 1, op_id="k") == 1
     for amount in (True, 1.0):  # equal to 1 in Python, and other requests all the same
         with pytest.raises(IdempotencyKeyReused, match=r"increment\(1\)"):
@@ -200,13 +224,77 @@ def test_an_id_is_matched_to_its_request_by_type_too(tmp_path: Path) -> None:
     assert host.call("A", "get_counter_value") == 2
 
 
-def test_a_failed_operation_does_not_use_up_its_id(tmp_path: Path) -> None:
-    host = make_host(tmp_path)
+def test_a_failed_operation_does_not_use_up_its_id(storage: Storage) -> None:
+    host = make_host(storage)
     host.call("A", "increment", INT64_MAX)
     with pytest.raises(CountOutOfRange):
         host.call("A", "increment", 1, op_id="k")
     host.call("A", "decrement", 1)
     assert host.call("A", "increment", 1, op_id="k") == INT64_MAX
+
+
+def test_a_resent_operation_that_would_fail_now_gets_its_first_answer(storage: Storage) -> None:
+    host = make_host(storage)
+    host.call("A", "increment", INT64_MAX - 1)
+    assert host.call("A", "increment", 1, op_id="k") == INT64_MAX
+    # Run again, it would overflow; but it was applied, and its first answer stands.
+    assert host.call("A", "increment", 1, op_id="k") == INT64_MAX
+    with pytest.raises(IdempotencyKeyReused):
+        host.call("A", "increment", 2, op_id="k")
+    assert host.call("A", "get_counter_value") == INT64_MAX
+
+
+def test_resent_operations_among_new_ones_are_answered_and_new_ones_applied_once(
+    storage: Storage,
+) -> None:
+    host = make_host(storage)
+    first = [Operation("A", "increment", (1,), "k1"), Operation("B", "increment", (10,), "k2")]
+    assert values(host.apply(first)) == [1, 10]
+    outcomes = host.apply(
+        [
+            Operation("A", "increment", (2,), "k3"),  # new
+            Operation("A", "increment", (1,), "k1"),  # sent again: its first answer
+            Operation("B", "increment", (10,), "k2"),  # sent again
+            Operation("B", "increment", (5,), "k4"),  # new
+            Operation("A", "increment", (2,), "k3"),  # new, twice in the batch
+            Operation("A", "decrement", (1,), "k1"),  # the id of another request: refused
+        ]
+    )
+    assert values(outcomes) == [3, 1, 10, 15, 3, IdempotencyKeyReused]
+    assert host.stats()["batches"] == 2  # the batch ran again inside, and counts once
+    host.close()  # what storage holds: each new operation once
+    again = make_host(storage)
+    assert again.call("A", "get_counter_value") == 3
+    assert again.call("B", "get_counter_value") == 15
+
+
+def test_a_malformed_operation_with_an_applied_id_fails_alone_and_keeps_nothing(
+    storage: Storage,
+) -> None:
+    """A bare Ray caller's malformed operations, one of them with an id already applied, in a
+    batch with a good one: they fail alone, and the good one is applied once, resent or not."""
+    host = make_host(storage)
+    assert host.call("A", "increment", 1, op_id="k0") == 1
+    batch = [
+        Operation("A", "increment", (10,), "n1"),
+        Operation("A", "nosuch", None, "k0"),  # type: ignore[arg-type]
+        Operation("A", "increment", None, "k0"),  # type: ignore[arg-type]
+        Operation("A", "increment", (1,), "k\x00"),
+        Operation("A", "increment", (1,), "\ud800"),
+        Operation("A", "increment", (1,), "x" * 256),
+    ]
+    assert values(host.apply(batch)) == [
+        11,
+        UnknownMethod,
+        InvalidInput,
+        InvalidInput,
+        InvalidInput,
+        InvalidInput,
+    ]
+    assert host.call("A", "increment", 10, op_id="n1") == 11  # sent again: answered
+    assert host.call("A", "increment", 100, op_id="n2") == 111
+    host.close()
+    assert make_host(storage).call("A", "get_counter_value") == 111
 
 
 def applied_on_disk(storage_dir: Path, host: str = "h") -> set[str]:
@@ -239,9 +327,9 @@ def test_ids_are_forgotten_oldest_first_beyond_the_bound_and_after_the_window(
     assert applied_on_disk(tmp_path) == set()
 
 
-def test_a_hot_object_knows_every_id_in_memory_or_not(tmp_path: Path) -> None:
+def test_a_hot_object_knows_every_id_in_memory_or_not(storage: Storage) -> None:
     clock = Clock()
-    host = ObjectHost(Counter, "h", str(tmp_path), LAYOUT, HostConfig(idle_timeout=5), clock)
+    host = make_host(storage, name="h", config=HostConfig(idle_timeout=5), clock=clock)
     for first in range(0, 1000, 20):
         batch = [Operation("hot", "increment", (1,), f"id-{i}") for i in range(first, first + 20)]
         assert values(host.apply(batch)) == list(range(first + 1, first + 21))
@@ -275,8 +363,8 @@ def test_idle_objects_are_passivated_and_reload(tmp_path: Path) -> None:
     assert host.idle_for() == 0
 
 
-def test_malformed_operations_from_bare_ray_fail_alone(tmp_path: Path) -> None:
-    host = make_host(tmp_path)
+def test_malformed_operations_from_bare_ray_fail_alone(storage: Storage) -> None:
+    host = make_host(storage)
     outcomes = host.apply(
         [
             Operation(["not", "a", "name"], "increment", (1,)),  # type: ignore[arg-type]
@@ -325,10 +413,18 @@ def test_an_id_is_never_applied_twice_while_it_must_be_remembered(
                     assert outcome.value == counts[name]
                     applied[op_id] = (name, clock.now, outcome.value)
             elif kind == "retry" and applied:
+                # Sent again in one batch, with a new one among them (n picks where).
                 remembered = [i for i in applied if _must_remember(i, applied, clock(), retention)]
-                for op_id in remembered:
-                    name, _, first = applied[op_id]
-                    assert host.call(name, "increment", 1, op_id=op_id) == first
+                new_id, new_name = f"id-{len(applied)}", "AB"[n % 2]
+                batch = [(i, applied[i][0]) for i in remembered]
+                batch.insert(n % (len(batch) + 1), (new_id, new_name))
+                outcomes = host.apply([Operation(o, "increment", (1,), i) for i, o in batch])
+                counts[new_name] += 1
+                answers = {i: o.value for (i, _), o in zip(batch, outcomes, strict=True)}
+                assert answers == {i: applied[i][2] for i in remembered} | {
+                    new_id: counts[new_name]
+                }
+                applied[new_id] = (new_name, clock.now, counts[new_name])
             elif kind == "wait":
                 clock.now += n / 2
             elif kind == "passivate":

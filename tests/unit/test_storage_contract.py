@@ -8,9 +8,8 @@ oldest first and never before the time given.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +17,14 @@ from counters.applied_log import AppliedOp
 from counters.errors import Fenced, LayoutMismatch, StorageDirInUse
 from counters.object_storage import DELETED
 from counters.placement import Layout, Placement
-from counters.storage import HostStore, ServiceId, SqliteStore, Storage, StorageDir
-from counters.storage.postgres import PostgresStorage
+from counters.storage import (
+    HostStore,
+    IdsAlreadyRecorded,
+    ServiceId,
+    SqliteStore,
+    Storage,
+    StorageDir,
+)
 
 LAYOUT = Layout("Counter", Placement.SHARDED, 2)
 HOST = "Counter.shard-0-of-2"
@@ -35,18 +40,16 @@ class Backend:
     behind_its_back: Callable[[str], HostStore]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        directory = StorageDir(tmp_path / "storage")
+@pytest.fixture
+def backend(storage: Storage) -> Backend:
+    if isinstance(storage, StorageDir):
+        directory = storage
 
         def sqlite_behind(host: str) -> HostStore:
             return SqliteStore(directory.host_path(host), host)
 
-        yield Backend(directory, sqlite_behind)
-    else:
-        storage = PostgresStorage(request.getfixturevalue("postgres_dsn"))
-        yield Backend(storage, lambda host: storage.open_host(host, LAYOUT, SERVICE))
+        return Backend(directory, sqlite_behind)
+    return Backend(storage, lambda host: storage.open_host(host, LAYOUT, SERVICE))
 
 
 def op(at: float, request: str = "increment(1)", result: str = "1") -> AppliedOp:
@@ -81,6 +84,22 @@ def test_ids_are_recorded_with_their_change_and_found_by_object(backend: Backend
     assert again.find_applied({("A", "k1")}) == {("A", "k1"): op(10.0, "increment(5)", "5")}
     assert again.applied_count() == 2
     again.close()
+
+
+def test_an_id_recorded_before_is_refused_with_everything_of_its_write(backend: Backend) -> None:
+    store = backend.storage.open_host(HOST, LAYOUT, SERVICE)
+    store.write([("A", "value", "1")], applied=[("A", "id-1", op(1.0))])
+    with pytest.raises(IdsAlreadyRecorded):
+        store.write(
+            [("A", "value", "2"), ("B", "value", "5")],
+            applied=[("B", "id-2", op(2.0)), ("A", "id-1", op(2.0))],
+        )
+    assert store.load("A") == {"value": "1"}
+    assert store.load("B") == {}
+    assert store.find_applied({("A", "id-1"), ("B", "id-2")}).keys() == {("A", "id-1")}
+    store.write([("B", "value", "5")], applied=[("B", "id-1", op(3.0))])  # ids are per object
+    assert store.applied_count() == 2
+    store.close()
 
 
 def test_a_store_taken_over_stores_nothing(backend: Backend) -> None:
@@ -132,6 +151,26 @@ def test_ids_are_forgotten_oldest_first_and_never_after_the_time_given(
         ("n10", "id-10"),
     }
     store.close()
+
+
+def test_forgetting_stops_at_the_first_id_too_young_whatever_comes_after(
+    backend: Backend,
+) -> None:
+    """Oldest first: ids after one recorded past the time stay, even if their clock said
+    earlier (a clock that stepped back keeps more, never less)."""
+    store = backend.storage.open_host(HOST, LAYOUT, SERVICE)
+    for i, at in enumerate([1.0, 5.0, 2.0, 3.0]):
+        store.write([], applied=[("A", f"id-{i}", op(at))])
+    assert store.forget_applied_before(4.0) == 1
+    left = store.find_applied({("A", f"id-{i}") for i in range(4)})
+    assert sorted(op_id for _, op_id in left) == ["id-1", "id-2", "id-3"]
+    store.close()
+    # The next owner knows how old its oldest id is, and forgets from there.
+    again = backend.storage.open_host(HOST, LAYOUT, SERVICE)
+    again.write([], applied=[("A", "id-4", op(9.0))], forget_oldest=(10, 8.0))
+    assert again.applied_count() == 1
+    assert again.find_applied({("A", f"id-{i}") for i in range(5)}).keys() == {("A", "id-4")}
+    again.close()
 
 
 def test_another_layout_is_refused(backend: Backend) -> None:
