@@ -193,8 +193,9 @@ def spread(names: int) -> tuple[str, str, str]:
 
 def warm_up_http(base: str, arguments: argparse.Namespace, names_for_spread: int) -> None:
     """The hot counter exists, and every host the spread names need is up."""
-    warm_up(base, HOT[1], 2, arguments)
-    warm_up(base, "/", 3, arguments, SPREAD_LUA % names_for_spread)
+    seconds = min(1.0, arguments.duration)  # a smoke run warms up as briefly as it measures
+    warm_up(base, HOT[1], 2 * seconds, arguments)
+    warm_up(base, "/", 3 * seconds, arguments, SPREAD_LUA % names_for_spread)
 
 
 def rounds(
@@ -240,6 +241,29 @@ def postgres_server() -> Iterator[str]:
         yield server.create_database()
     finally:
         server.remove()
+
+
+def sharded_rounds(
+    arguments: argparse.Namespace,
+    references: dict[str, str],
+    tmp: Path,
+    system: str,
+    label: str,
+    flags: tuple[str, ...],
+    cold: bool = False,
+) -> list[Result]:
+    """The sharded service (on `flags`' storage) measured between the references."""
+    port = free_port()
+    with counters_serve(port, tmp / label, "sharded", tmp / f"{label}.log", *flags):
+        base = f"http://127.0.0.1:{port}"
+        warm_up_http(base, arguments, SPREAD_NAMES)
+        systems = {
+            "raw ceiling": references["raw ceiling"],
+            "ceiling": references["ceiling"],
+            system: base,
+            "redis": references["redis"],
+        }
+        return rounds(systems, arguments, label, cold=cold)
 
 
 def counters_serve(port: int, storage: Path, placement: str, log: Path, *flags: str) -> Any:
@@ -486,34 +510,16 @@ def main() -> int:
         for base in references.values():
             warm_up_http(base, arguments, SPREAD_NAMES)
         on_sqlite = arguments.backend in ("both", "sqlite")
+        # The sharded service on each backend in rounds of its own, each right between the
+        # references with targets (PostgreSQL on a server of its own).
         if on_sqlite:
-            port = free_port()
-            with counters_serve(port, tmp / "sharded", "sharded", tmp / "sharded.log"):
-                base = f"http://127.0.0.1:{port}"
-                warm_up_http(base, arguments, SPREAD_NAMES)
-                # The project right between the two references with targets, in every round.
-                systems = {
-                    "raw ceiling": references["raw ceiling"],
-                    "ceiling": references["ceiling"],
-                    "counters sharded": base,
-                    "redis": references["redis"],
-                }
-                results += rounds(systems, arguments, "sharded", cold=not arguments.quick)
+            cold = not arguments.quick
+            on_files = ("counters sharded", "sharded", ())
+            results += sharded_rounds(arguments, references, tmp, *on_files, cold=cold)
         if arguments.backend in ("both", "postgres"):
-            # The same on PostgreSQL, between the same references, measured again in its rounds.
             database = references_up.enter_context(postgres_server())
-            port = free_port()
-            pg = ("--database", database)
-            with counters_serve(port, tmp / "pg", "sharded", tmp / "pg.log", *pg):
-                base = f"http://127.0.0.1:{port}"
-                warm_up_http(base, arguments, SPREAD_NAMES)
-                on_postgres = {
-                    "raw ceiling": references["raw ceiling"],
-                    "ceiling": references["ceiling"],
-                    "counters postgres": base,
-                    "redis": references["redis"],
-                }
-                results += rounds(on_postgres, arguments, "postgres")
+            on_postgres = ("counters postgres", "postgres", ("--database", database))
+            results += sharded_rounds(arguments, references, tmp, *on_postgres)
         references_up.close()
         if on_sqlite and not arguments.quick:
             # The same with a Ray call per batch instead of the direct channel: what it saves.

@@ -8,7 +8,7 @@ counters = Namespace(settings)      # like the example's env.COUNTERS
 await counters.get_by_name("A").increment()
 """
 
-from .client import BlockingCounterStub, CounterStub, Namespace
+from .client import BlockingCounterStub, CounterStub, CounterValue, Namespace, Replaced
 from .counter import Counter
 from .errors import (
     ConfigError,
@@ -20,8 +20,10 @@ from .errors import (
     InvalidName,
     LayoutMismatch,
     OutcomeUnknown,
+    OutOfBounds,
     StorageFailed,
     UnknownMethod,
+    VersionMismatch,
 )
 from .object_storage import ObjectStorage
 from .op_ids import new_op_id
@@ -36,6 +38,7 @@ __all__ = [
     "CountOutOfRange",
     "Counter",
     "CounterStub",
+    "CounterValue",
     "CountersError",
     "HostUnavailable",
     "InvalidAmount",
@@ -46,12 +49,15 @@ __all__ = [
     "Namespace",
     "ObjectStorage",
     "Operation",
+    "OutOfBounds",
     "Outcome",
     "OutcomeUnknown",
     "Placement",
+    "Replaced",
     "Settings",
     "StorageFailed",
     "UnknownMethod",
+    "VersionMismatch",
     "new_op_id",
     "service_layout",
     "start_ray",

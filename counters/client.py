@@ -35,7 +35,8 @@ import random
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, NamedTuple, cast
 
 import ray
 from ray.actor import ActorHandle
@@ -50,7 +51,7 @@ from .channel import Channel, ChannelAddress
 from .counter import Counter
 from .errors import CountersError, Fenced, HostUnavailable, OutcomeUnknown, Overloaded
 from .op_ids import new_op_id
-from .operations import Operation, Outcome, Results
+from .operations import Operation, Outcome, Results, trimmed
 from .placement import Layout, Placement
 from .runtime import (
     agree_on_service,
@@ -62,7 +63,14 @@ from .runtime import (
 from .settings import Settings
 from .validation import check_amount, validate_name
 
-__all__ = ["BlockingCounterStub", "CounterStub", "Namespace", "new_op_id"]
+__all__ = [
+    "BlockingCounterStub",
+    "CounterStub",
+    "CounterValue",
+    "Namespace",
+    "Replaced",
+    "new_op_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +119,13 @@ class Namespace:
     def get_by_name(self, name: str) -> CounterStub:
         """A stub for the object called `name`; it is created on first use."""
         return CounterStub(self, validate_name(name))
+
+    async def get_many(self, names: Sequence[str]) -> list[CounterValue]:
+        """Many counters at once, in the order asked: each count with its version. A name
+        never changed reads 0 at version 0, and reading creates nothing."""
+        checked = [validate_name(name) for name in names]
+        answers = await asyncio.gather(*(self.call(Operation(n, "read")) for n in checked))
+        return [_value(name, answer) for name, answer in zip(checked, answers, strict=True)]
 
     def host_for(self, name: str) -> str:
         """The Ray actor name of the host serving `name`."""
@@ -592,12 +607,34 @@ def _deadline(entry: _Entry) -> float:
 _Entry = tuple[Operation, "asyncio.Future[Any]", float]
 
 
+@dataclass(frozen=True, slots=True)
+class CounterValue:
+    """A counter as read: its name, its count and its version (0 for a counter never changed).
+
+    (A dataclass: as a NamedTuple, its `count` would hide the tuple's method of that name.)
+    """
+
+    name: str
+    count: int
+    version: int
+
+
+class Replaced(NamedTuple):
+    """What `set` and `delete` answer: the counter before, and after."""
+
+    previous: CounterValue
+    current: CounterValue
+
+
 class CounterStub:
-    """Awaitable RPC methods of one counter, as in the example's stub.
+    """Awaitable RPC methods of one counter, as in the example's stub, and more.
 
     A changing call takes an optional `op_id`: send the same id again (after a timeout, say) and
-    the change is applied once, the first answer returned. For many calls in flight at once
-    without a task each, `Namespace.call` takes an `Operation` and returns a future.
+    the change is applied once, the first answer returned. It may also name the version it
+    expects (`if_version`: else VersionMismatch, nothing changed), and an increment or
+    decrement the bounds the count must stay within (`floor`, `ceiling`: else OutOfBounds,
+    nothing changed). For many calls in flight at once without a task each, `Namespace.call`
+    takes an `Operation` and returns a future.
     """
 
     def __init__(self, namespace: Namespace, name: str) -> None:
@@ -608,13 +645,73 @@ class CounterStub:
         value: int = await self.namespace.call(Operation(self.name, "get_counter_value"))
         return value
 
-    async def increment(self, amount: int = 1, *, op_id: str | None = None) -> int:
-        value: int = await self.namespace.call(_change(self.name, "increment", amount, op_id))
+    async def increment(
+        self,
+        amount: int = 1,
+        *,
+        floor: int | None = None,
+        ceiling: int | None = None,
+        if_version: int | None = None,
+        op_id: str | None = None,
+    ) -> int:
+        change = _change(self.name, "increment", amount, floor, ceiling, if_version, op_id)
+        value: int = await self.namespace.call(change)
         return value
 
-    async def decrement(self, amount: int = 1, *, op_id: str | None = None) -> int:
-        value: int = await self.namespace.call(_change(self.name, "decrement", amount, op_id))
+    async def decrement(
+        self,
+        amount: int = 1,
+        *,
+        floor: int | None = None,
+        ceiling: int | None = None,
+        if_version: int | None = None,
+        op_id: str | None = None,
+    ) -> int:
+        change = _change(self.name, "decrement", amount, floor, ceiling, if_version, op_id)
+        value: int = await self.namespace.call(change)
         return value
+
+    async def get(self) -> CounterValue:
+        """The count and its version, read together."""
+        return _value(self.name, await self.namespace.call(Operation(self.name, "read")))
+
+    async def add(
+        self,
+        amount: int = 1,
+        *,
+        floor: int | None = None,
+        ceiling: int | None = None,
+        if_version: int | None = None,
+        op_id: str | None = None,
+    ) -> CounterValue:
+        """As `increment`, answering the version too."""
+        change = _change(self.name, "add", amount, floor, ceiling, if_version, op_id)
+        return _value(self.name, await self.namespace.call(change))
+
+    async def subtract(
+        self,
+        amount: int = 1,
+        *,
+        floor: int | None = None,
+        ceiling: int | None = None,
+        if_version: int | None = None,
+        op_id: str | None = None,
+    ) -> CounterValue:
+        """As `decrement`, answering the version too."""
+        change = _change(self.name, "subtract", amount, floor, ceiling, if_version, op_id)
+        return _value(self.name, await self.namespace.call(change))
+
+    async def set(
+        self, value: int, *, if_version: int | None = None, op_id: str | None = None
+    ) -> Replaced:
+        """Set the count."""
+        operation = _set(self.name, value, if_version, op_id)
+        return _replaced(self.name, await self.namespace.call(operation), value)
+
+    async def delete(self, *, if_version: int | None = None, op_id: str | None = None) -> Replaced:
+        """Forget the count: it reads 0 afterwards, and listing no longer shows it."""
+        operation = _delete(self.name, if_version, op_id)
+        return _replaced(self.name, await self.namespace.call(operation), 0)
 
     @property
     def blocking(self) -> BlockingCounterStub:
@@ -636,17 +733,77 @@ class BlockingCounterStub:
         value: int = self.namespace.call_blocking(Operation(self.name, "get_counter_value"))
         return value
 
-    def increment(self, amount: int = 1, *, op_id: str | None = None) -> int:
-        value: int = self.namespace.call_blocking(_change(self.name, "increment", amount, op_id))
+    def increment(
+        self,
+        amount: int = 1,
+        *,
+        floor: int | None = None,
+        ceiling: int | None = None,
+        if_version: int | None = None,
+        op_id: str | None = None,
+    ) -> int:
+        change = _change(self.name, "increment", amount, floor, ceiling, if_version, op_id)
+        value: int = self.namespace.call_blocking(change)
         return value
 
-    def decrement(self, amount: int = 1, *, op_id: str | None = None) -> int:
-        value: int = self.namespace.call_blocking(_change(self.name, "decrement", amount, op_id))
+    def decrement(
+        self,
+        amount: int = 1,
+        *,
+        floor: int | None = None,
+        ceiling: int | None = None,
+        if_version: int | None = None,
+        op_id: str | None = None,
+    ) -> int:
+        change = _change(self.name, "decrement", amount, floor, ceiling, if_version, op_id)
+        value: int = self.namespace.call_blocking(change)
         return value
+
+    def get(self) -> CounterValue:
+        return _value(self.name, self.namespace.call_blocking(Operation(self.name, "read")))
+
+    def set(
+        self, value: int, *, if_version: int | None = None, op_id: str | None = None
+    ) -> Replaced:
+        operation = _set(self.name, value, if_version, op_id)
+        return _replaced(self.name, self.namespace.call_blocking(operation), value)
+
+    def delete(self, *, if_version: int | None = None, op_id: str | None = None) -> Replaced:
+        operation = _delete(self.name, if_version, op_id)
+        return _replaced(self.name, self.namespace.call_blocking(operation), 0)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
 
-def _change(name: str, method: str, amount: int, op_id: str | None) -> Operation:
-    return Operation(name, method, (check_amount(amount),), op_id or new_op_id())
+def _change(
+    name: str,
+    method: str,
+    amount: int,
+    floor: int | None,
+    ceiling: int | None,
+    if_version: int | None,
+    op_id: str | None,
+) -> Operation:
+    args = trimmed(check_amount(amount), floor, ceiling, if_version)
+    return Operation(name, method, args, op_id or new_op_id())
+
+
+def _set(name: str, value: int, if_version: int | None, op_id: str | None) -> Operation:
+    return Operation(name, "set", trimmed(value, if_version), op_id or new_op_id())
+
+
+def _delete(name: str, if_version: int | None, op_id: str | None) -> Operation:
+    return Operation(name, "delete", trimmed(if_version), op_id or new_op_id())
+
+
+def _value(name: str, answer: list[int]) -> CounterValue:
+    count, version = answer
+    return CounterValue(name, count, version)
+
+
+def _replaced(name: str, answer: list[int], count: int) -> Replaced:
+    previous_count, previous_version, version = answer
+    return Replaced(
+        CounterValue(name, previous_count, previous_version), CounterValue(name, count, version)
+    )

@@ -11,6 +11,8 @@ across Ray's process boundaries.
     │   ├── InvalidAmount    400  not an integer, or outside the signed 64-bit range
     │   └── UnknownMethod    400  the object has no such RPC method
     ├── CountOutOfRange      422  the change would leave the signed 64-bit range; nothing changed
+    ├── OutOfBounds          409  the change would leave the caller's bounds; nothing changed
+    ├── VersionMismatch      412  the counter is not at the version named; nothing changed
     ├── IdempotencyKeyReused 422  an operation id sent again with another request
     ├── StorageFailed        503  the commit failed; nothing of the call was stored
     │   ├── StorageFull      507  the disk (or the file's page limit) is full
@@ -37,6 +39,7 @@ __all__ = [
     "InvalidInput",
     "InvalidName",
     "LayoutMismatch",
+    "OutOfBounds",
     "OutcomeUnknown",
     "Overloaded",
     "StorageBusy",
@@ -44,6 +47,7 @@ __all__ = [
     "StorageFailed",
     "StorageFull",
     "UnknownMethod",
+    "VersionMismatch",
 ]
 
 
@@ -81,6 +85,18 @@ class CountOutOfRange(CountersError):
     http_status = 422
     retry_safe = True
     code = "count_out_of_range"
+
+
+class OutOfBounds(CountersError):
+    http_status = 409
+    retry_safe = True
+    code = "out_of_bounds"
+
+
+class VersionMismatch(CountersError):
+    http_status = 412
+    retry_safe = True
+    code = "version_mismatch"
 
 
 class IdempotencyKeyReused(CountersError):

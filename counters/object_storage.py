@@ -38,6 +38,8 @@ DELETED: Any = _Deleted()
 def encode_value(value: Any) -> str:
     if type(value) is int:  # the counter's hot path: skip the JSON encoder
         return str(value)
+    if type(value) is list and len(value) == 2 and type(value[0]) is type(value[1]) is int:
+        return f"[{value[0]},{value[1]}]"  # a counter's state, [count, version]
     try:
         return json.dumps(value, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as error:
@@ -45,10 +47,18 @@ def encode_value(value: Any) -> str:
 
 
 def decode_value(text: str) -> Any:
-    digits = text[1:] if text[:1] == "-" else text
-    if digits.isascii() and digits.isdigit():  # an integer: skip the JSON decoder
+    if text[:1] == "[":  # a pair of integers, as a counter's state: skip the JSON decoder
+        first, comma, second = text[1:-1].partition(",")
+        if comma and _is_integer(first) and _is_integer(second) and text[-1] == "]":
+            return [int(first), int(second)]
+    elif _is_integer(text):  # an integer, likewise
         return int(text)
     return json.loads(text)
+
+
+def _is_integer(text: str) -> bool:
+    digits = text[1:] if text[:1] == "-" else text
+    return digits.isascii() and digits.isdigit()
 
 
 class ObjectStorage:

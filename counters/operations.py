@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 from .errors import CountersError
 
-__all__ = ["Operation", "Outcome", "Results"]
+__all__ = ["Operation", "Outcome", "Results", "trimmed"]
 
 
 class Operation(NamedTuple):
@@ -50,3 +50,12 @@ class Outcome(NamedTuple):
         if self.error is not None:
             raise self.error
         return self.value
+
+
+def trimmed(*args: Any) -> tuple[Any, ...]:
+    """Positional arguments without the trailing Nones: ``increment(5)`` with no bounds stays
+    just that, the request an operation id is matched to."""
+    end = len(args)
+    while end and args[end - 1] is None:
+        end -= 1
+    return args[:end]

@@ -21,6 +21,7 @@ __all__ = [
     "check_count",
     "is_op_id",
     "parse_amount",
+    "parse_integer",
     "validate_name",
 ]
 
@@ -86,10 +87,18 @@ def check_amount(amount: object) -> int:
 
 def parse_amount(text: str) -> int:
     """Parse the text of an `amount` parameter: an optional sign and ASCII digits."""
+    return parse_integer(text, "amount")
+
+
+def parse_integer(text: str, what: str) -> int:
+    """Parse the text of an integer parameter (`what`: amount, min, max, value) in int64."""
     if not _INTEGER.fullmatch(text):
         shown = text if len(text) <= 40 else text[:40] + "..."
-        raise InvalidAmount(f"amount must be an integer, got {shown!r}")
-    return check_amount(int(text))
+        raise InvalidAmount(f"{what} must be an integer, got {shown!r}")
+    number = int(text)
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise InvalidAmount(f"{what} {number} is outside the signed 64-bit range")
+    return number
 
 
 def check_count(count: int) -> int:

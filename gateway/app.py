@@ -1,10 +1,20 @@
 """The HTTP gateway: the example's Worker, route for route, on aiohttp's low-level server.
 
     GET  /?name=A             Durable Object 'A' count: 0
-    GET|POST /increment?name=A[&amount=N]
-    GET|POST /decrement?name=A[&amount=N]
+    GET|POST /increment?name=A[&amount=N][&min=L][&max=H]
+    GET|POST /decrement?name=A[&amount=N][&min=L][&max=H]
+    POST /set?name=A&value=N
+    POST /delete?name=A
+    GET  /counters?name=A&name=B...   {"counters": [{"name", "count", "version"}, ...]}
     GET  /healthz             ok
     anything else             404 Not found
+
+Every counter has a version, 0 until its first change and one more with each change; every
+answer about one counter carries it as ``ETag: "7"`` (and in JSON), and a change sent with
+``If-Match: "7"`` is applied only if the counter is still at version 7, else 412
+``version_mismatch`` (compare-and-set). ``min`` and ``max`` bound the count an increment or
+decrement may leave: past them, 409 ``out_of_bounds``. Either way nothing changes. `set` and
+`delete` answer the counter after the change and, in JSON, what it was before (``previous``).
 
 A changing request may carry an ``Idempotency-Key`` header: sent again, it is applied once and
 answered as the first time. Errors of a changing request name the key used (the caller's or a
@@ -41,13 +51,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger
 
 from counters.client import Namespace, new_op_id
-from counters.errors import CountersError, InvalidInput, InvalidName
-from counters.operations import Operation
-from counters.validation import parse_amount, validate_name
+from counters.errors import CountersError, InvalidAmount, InvalidInput, InvalidName
+from counters.operations import Operation, trimmed
+from counters.validation import parse_amount, parse_integer, validate_name
 
 from .query import QueryParams
 
-__all__ = ["Gateway", "ServerLog"]
+__all__ = ["SERVER_LIMITS", "Gateway", "ServerLog"]
 
 NO_NAME = (
     "Select a Durable Object to contact by using"
@@ -58,6 +68,11 @@ CHANGE_METHODS = ("GET", "POST")
 FORM = "application/x-www-form-urlencoded"
 OP_ID = web.RequestKey("op_id", str)  # the operation id of a changing request
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_ETAG = re.compile(r'"([0-9]{1,19})"')
+MAX_NAMES = 1000  # names in one GET /counters
+# aiohttp's request line is 8 KiB at most, too short for a thousand names in a URL: 64 KiB.
+# (More names than fit go in a POST's form body, up to 1 MiB.)
+SERVER_LIMITS = {"max_line_size": 65536}
 # Error codes where the reason would not do: Python 3.13 renamed 413's to "Content Too Large".
 _CODES = {413: "request_too_large"}
 
@@ -77,8 +92,11 @@ class Gateway:
         self.namespace = namespace
         self._routes: dict[str, Handler] = {
             "/": self._read,
-            "/increment": self._changer("increment"),
-            "/decrement": self._changer("decrement"),
+            "/increment": self._changer("add"),
+            "/decrement": self._changer("subtract"),
+            "/set": self._set,
+            "/delete": self._delete,
+            "/counters": self._read_many,
             "/healthz": _healthz,
         }
 
@@ -88,7 +106,7 @@ class Gateway:
         Its log is aiohttp's, through a `ServerLog` unless `kwargs` name another ``logger``.
         """
         kwargs.setdefault("logger", ServerLog(server_logger))
-        return web.Server(self.handle, **kwargs)
+        return web.Server(self.handle, **{**SERVER_LIMITS, **kwargs})
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one request: its route's answer, or our errors as responses."""
@@ -145,8 +163,8 @@ class Gateway:
     async def _read(self, request: web.BaseRequest) -> web.StreamResponse:
         _allow(request, READ_METHODS)
         name = _name(QueryParams(request.rel_url.raw_query_string))
-        count = await self.namespace.call(Operation(name, "get_counter_value"))
-        return _count_response(request, name, count)
+        count, version = await self.namespace.call(Operation(name, "read"))
+        return _count_response(request, name, count, version)
 
     def _changer(self, method: str) -> Handler:
         async def change(request: web.BaseRequest) -> web.StreamResponse:
@@ -155,11 +173,54 @@ class Gateway:
             name = _name(params)
             amount_text = params.first("amount")
             amount = 1 if amount_text is None else parse_amount(amount_text)
+            floor = _integer(params, "min")
+            ceiling = _integer(params, "max")
+            args = trimmed(amount, floor, ceiling, _if_match(request))
             op_id = request[OP_ID] = _idempotency_key(request) or new_op_id()
-            count = await self.namespace.call(Operation(name, method, (amount,), op_id))
-            return _count_response(request, name, count)
+            count, version = await self.namespace.call(Operation(name, method, args, op_id))
+            return _count_response(request, name, count, version)
 
         return change
+
+    async def _set(self, request: web.BaseRequest) -> web.StreamResponse:
+        _allow(request, ("POST",))
+        params = await _params(request)
+        name = _name(params)
+        value = _integer(params, "value")
+        if value is None:
+            raise InvalidAmount("set needs a value: /set?name=A&value=N")
+        return await self._replace(request, name, "set", value, trimmed(value, _if_match(request)))
+
+    async def _delete(self, request: web.BaseRequest) -> web.StreamResponse:
+        _allow(request, ("POST",))
+        name = _name(await _params(request))
+        return await self._replace(request, name, "delete", 0, trimmed(_if_match(request)))
+
+    async def _replace(
+        self, request: web.BaseRequest, name: str, method: str, count: int, args: tuple[Any, ...]
+    ) -> web.StreamResponse:
+        op_id = request[OP_ID] = _idempotency_key(request) or new_op_id()
+        before, was, version = await self.namespace.call(Operation(name, method, args, op_id))
+        previous = {"count": before, "version": was}
+        return _count_response(request, name, count, version, {"previous": previous})
+
+    async def _read_many(self, request: web.BaseRequest) -> web.StreamResponse:
+        _allow(request, (*READ_METHODS, "POST"))  # POST: names in a form body, past a URL's size
+        raw = (await _params(request)).all("name")
+        if not raw:
+            raise InvalidName("name which counters: /counters?name=A&name=B")
+        if len(raw) > MAX_NAMES:
+            raise InvalidInput(f"at most {MAX_NAMES} names at once, not {len(raw)}")
+        names = [validate_name(name) for name in raw]
+        answers = await asyncio.gather(
+            *(self.namespace.call(Operation(name, "read")) for name in names)
+        )
+        counters = [
+            {"name": name, "count": count, "version": version}
+            for name, (count, version) in zip(names, answers, strict=True)
+        ]
+        lines = "\n".join(f"{c['name']}: {c['count']}" for c in counters)
+        return _respond(request, 200, lines, {"counters": counters})
 
 
 class ServerLog(logging.Logger):
@@ -255,10 +316,36 @@ def _name(params: QueryParams) -> str:
     return validate_name(name)
 
 
-def _count_response(request: web.BaseRequest, name: str, count: int) -> web.StreamResponse:
-    return _respond(
-        request, 200, f"Durable Object '{name}' count: {count}", {"name": name, "count": count}
-    )
+def _count_response(
+    request: web.BaseRequest,
+    name: str,
+    count: int,
+    version: int,
+    more: dict[str, Any] | None = None,
+) -> web.StreamResponse:
+    body = {"name": name, "count": count, "version": version}
+    if more:
+        body.update(more)
+    text = f"Durable Object '{name}' count: {count}"  # the example's, byte for byte
+    return _respond(request, 200, text, body, {"ETag": f'"{version}"'})
+
+
+def _integer(params: QueryParams, name: str) -> int | None:
+    text = params.first(name)
+    return None if text is None else parse_integer(text, name)
+
+
+def _if_match(request: web.BaseRequest) -> int | None:
+    """The version an ``If-Match`` names (a strong ETag we gave), or None for none or ``*``."""
+    header = request.headers.get("If-Match")
+    if header is None or header.strip() == "*":
+        return None
+    found = _ETAG.fullmatch(header.strip())
+    if not found:
+        raise InvalidInput(
+            f'If-Match must be one ETag as we send them, like "7", not {header!r:.60}'
+        )
+    return int(found.group(1))
 
 
 def _error_code(error: web.HTTPException) -> str:

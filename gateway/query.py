@@ -34,6 +34,7 @@ class QueryParams:
 
     def __init__(self, *raw_sources: str) -> None:
         self._pairs: list[tuple[str, str]] = []
+        self._first: dict[str, str] | None = None  # decoded name -> its first raw value
         for raw in raw_sources:
             for part in raw.split("&"):
                 if not part:
@@ -43,11 +44,25 @@ class QueryParams:
 
     def first(self, name: str) -> str | None:
         """The decoded value of the first parameter called `name`, as ``searchParams.get`` does."""
+        if self._first is None:  # one pass for every name asked: a change asks for four
+            self._first = {}
+            for raw_key, raw_value in self._pairs:
+                try:
+                    key = _unquote(raw_key, "a parameter name")
+                except InvalidInput:
+                    continue  # a broken parameter we do not use is none of our business
+                self._first.setdefault(key, raw_value)
+        raw = self._first.get(name)
+        return None if raw is None else _unquote(raw, f"parameter {name!r}")
+
+    def all(self, name: str) -> list[str]:
+        """The decoded values of every parameter called `name`, in order (``getAll``)."""
+        values = []
         for raw_key, raw_value in self._pairs:
             try:
                 key = _unquote(raw_key, "a parameter name")
             except InvalidInput:
-                continue  # a broken parameter we do not use is none of our business
+                continue
             if key == name:
-                return _unquote(raw_value, f"parameter {name!r}")
-        return None
+                values.append(_unquote(raw_value, f"parameter {name!r}"))
+        return values

@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 import ray
 from aiohttp.test_utils import RawTestServer, TestClient
+from aiohttp.web import ServerRunner
 
 from counters.client import Namespace
 from counters.placement import Placement
 from counters.settings import Settings
 from gateway import Gateway
+from gateway.app import SERVER_LIMITS
 
 NamespaceFactory = Callable[..., Namespace]
 
@@ -77,9 +79,16 @@ def namespace(make_namespace: NamespaceFactory, placement: Placement) -> Namespa
     return make_namespace(placement)
 
 
+class _GatewayTestServer(RawTestServer):
+    """aiohttp's test server with the gateway's limits, as `Gateway.server` sets them."""
+
+    async def _make_runner(self, debug: bool = True, **kwargs: Any) -> ServerRunner:
+        return await super()._make_runner(debug=debug, **{**SERVER_LIMITS, **kwargs})
+
+
 def gateway_server(namespace: Namespace) -> RawTestServer:
     """The real gateway over `namespace`, as `counters serve` runs it, on a loopback port."""
-    return RawTestServer(Gateway(namespace).handle)
+    return _GatewayTestServer(Gateway(namespace).handle)
 
 
 @pytest.fixture
@@ -95,3 +104,17 @@ def backend(request: pytest.FixtureRequest) -> dict[str, str]:
     if request.param == "sqlite":
         return {}
     return {"database": request.getfixturevalue("postgres_dsn")}
+
+
+@pytest.fixture
+async def client_on_backend(
+    make_namespace: NamespaceFactory,
+    placement: Placement,
+    backend: dict[str, str],
+    aiohttp_client: Callable[..., Any],
+) -> TestClient[Any, Any]:
+    """As `client`, on each storage backend in turn."""
+    test_client: TestClient[Any, Any] = await aiohttp_client(
+        gateway_server(make_namespace(placement, **backend))
+    )
+    return test_client

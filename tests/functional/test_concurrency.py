@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from collections import Counter as Tally
 from collections.abc import Callable
@@ -63,12 +64,11 @@ async def test_2000_concurrent_increments_over_20_names_end_exactly_right(
     on_disk: dict[str, int] = {}
     if namespace.settings.database:
         with psycopg.connect(namespace.settings.database) as db:
-            rows = db.execute("SELECT object, value FROM counters_kv WHERE key = 'value'")
-            on_disk.update((name, int(value)) for name, value in rows)
+            rows = db.execute("SELECT object, value FROM counters_kv WHERE key = 'count'")
+            on_disk.update((name, json.loads(state)[0]) for name, state in rows)
     for host in namespace.known_hosts() if not namespace.settings.database else ():
         path: Path = namespace.settings.storage_path / "hosts" / host_file_name(host)
         with contextlib.closing(sqlite3.connect(path)) as sqlite:
-            on_disk.update(
-                (name, int(value)) for name, value in sqlite.execute("SELECT object, value FROM kv")
-            )
+            states = sqlite.execute("SELECT object, value FROM kv WHERE key = 'count'")
+            on_disk.update((name, json.loads(state)[0]) for name, state in states)
     assert on_disk == dict.fromkeys(NAMES, per_name)

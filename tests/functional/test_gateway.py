@@ -19,11 +19,10 @@ from aiohttp.log import server_logger
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from counters.placement import Placement
 from gateway import Gateway
 from gateway.app import ServerLog
 
-from .conftest import NamespaceFactory, gateway_server
+from .conftest import NamespaceFactory
 
 Client = TestClient[Any, Any]
 NO_NAME = (
@@ -95,7 +94,7 @@ async def test_amount_post_and_json(client: Client) -> None:
     async with client.post("/increment?name=A", headers={"Accept": "application/json"}) as response:
         assert response.status == 200
         assert response.content_type == "application/json"
-        assert await response.json() == {"name": "A", "count": 6}
+        assert await response.json() == {"name": "A", "count": 6, "version": 4}
 
 
 async def test_a_post_waiting_for_100_continue_gets_it(client: Client) -> None:
@@ -109,18 +108,6 @@ async def test_a_post_waiting_for_100_continue_gets_it(client: Client) -> None:
         "Unknown Expect: something-else",
     )
     assert await count_of(client, "E") == 4
-
-
-@pytest.fixture
-async def client_on_backend(
-    make_namespace: NamespaceFactory,
-    placement: Placement,
-    backend: dict[str, str],
-    aiohttp_client: Any,
-) -> Client:
-    """As `client`, on each storage backend in turn."""
-    test_client: Client = await aiohttp_client(gateway_server(make_namespace(placement, **backend)))
-    return test_client
 
 
 async def test_unusual_names_are_just_names(client_on_backend: Client) -> None:

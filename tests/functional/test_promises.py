@@ -177,11 +177,12 @@ async def test_a_key_an_answer_reveals_cannot_swallow_later_changes(
     guesses = [revealed] + [successor(revealed, step) for step in (1, 2, 3)]
     guesses += [f"{prefix}{counter + step:010x}{secret}" for step in (1, 2, 3)]
     for count, key in enumerate(guesses, start=1):
-        assert (await increment(client, "A", key=key))[:2] == (200, {"name": "A", "count": count})
+        answer = (200, {"name": "A", "count": count, "version": count})
+        assert (await increment(client, "A", key=key))[:2] == answer
     # Everybody else's changes, with keys the gateway makes: each one applies.
     for count in (8, 9, 10):
         status, body, made = await increment(client, "A")
-        assert (status, body) == (200, {"name": "A", "count": count})
+        assert (status, body) == (200, {"name": "A", "count": count, "version": count})
         assert made is None  # a success names no key
     assert await count_of(client, "A") == 10
 
@@ -210,14 +211,22 @@ async def test_an_idempotency_key_is_scoped_to_its_counter(
     client = await aiohttp_client(gateway_server(make_namespace(shards=1)))
     key = "order-17"
     for _ in range(2):
-        assert await increment(client, "A", 5, key) == (200, {"name": "A", "count": 5}, None)
+        assert await increment(client, "A", 5, key) == (
+            200,
+            {"name": "A", "count": 5, "version": 1},
+            None,
+        )
     # The same key on another counter is another change: applied there, once.
     for _ in range(2):
-        assert await increment(client, "B", 5, key) == (200, {"name": "B", "count": 5}, None)
+        assert await increment(client, "B", 5, key) == (
+            200,
+            {"name": "B", "count": 5, "version": 1},
+            None,
+        )
     # The same key on A for another amount is refused, and names the key.
     status, body, echoed = await increment(client, "A", 6, key)
     assert (status, body["error"], echoed) == (422, "idempotency_key_reused", key)
-    assert "increment(5)" in body["message"]
+    assert "add(5)" in body["message"]  # what /increment asks of the counter: add 5
     assert (await count_of(client, "A"), await count_of(client, "B")) == (5, 5)
 
 
@@ -350,11 +359,17 @@ async def test_a_channel_that_cannot_be_opened_falls_back_to_ray(
 
 
 class Crashing(Counter):
-    """A counter whose increment kills the host's process mid-call, every time."""
+    """A counter whose change (what /increment calls) kills the host's process mid-call."""
 
     __slots__ = ()
 
-    def increment(self, amount: int = 1) -> NoReturn:
+    def add(
+        self,
+        amount: int = 1,
+        floor: int | None = None,
+        ceiling: int | None = None,
+        if_version: int | None = None,
+    ) -> NoReturn:
         os._exit(1)
 
 
@@ -435,7 +450,7 @@ async def test_a_fenced_host_leaves_and_its_successor_serves_what_is_stored(
     # locks) and stores 100.
     path = StorageDir(namespace.settings.storage_path).host_path(host)
     other = SqliteStore(path, host)
-    other.write([("A", "value", "100")])
+    other.write([("A", "count", "[100,3]")])
     other.close()
     # The host finds itself fenced at its next commit: it stores nothing, the batch goes to a
     # new host, which reads what is stored.
@@ -444,7 +459,8 @@ async def test_a_fenced_host_leaves_and_its_successor_serves_what_is_stored(
     after: Any = ray.get_actor(host, namespace=namespace.settings.namespace)
     assert after._actor_id != before._actor_id
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        assert db.execute("SELECT value FROM kv WHERE object = 'A'").fetchall() == [("102",)]
+        rows = db.execute("SELECT key, value FROM kv WHERE object = 'A' ORDER BY key").fetchall()
+        assert rows == [("count", "[102,5]")]  # the count and its version
 
 
 # 10. The service's settings, whoever creates its actors -----------------------------------------

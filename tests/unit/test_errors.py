@@ -18,6 +18,8 @@ EXPECTED: dict[type[errors.CountersError], tuple[str, int, bool]] = {
     errors.InvalidAmount: ("invalid_amount", 400, True),
     errors.UnknownMethod: ("unknown_method", 400, True),
     errors.CountOutOfRange: ("count_out_of_range", 422, True),
+    errors.OutOfBounds: ("out_of_bounds", 409, True),
+    errors.VersionMismatch: ("version_mismatch", 412, True),
     errors.IdempotencyKeyReused: ("idempotency_key_reused", 422, False),
     errors.StorageFailed: ("storage_failed", 503, True),
     errors.StorageFull: ("storage_full", 507, True),

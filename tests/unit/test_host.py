@@ -94,7 +94,7 @@ def test_a_failing_operation_fails_alone(storage: Storage) -> None:
             Operation("A", "increment", (1,)),  # reaches INT64_MAX
             Operation("A", "increment", (1,)),  # would overflow: fails, changes nothing
             Operation("B", "increment", ("x",)),
-            Operation("B", "increment", (1, 2)),
+            Operation("B", "increment", (1, 2, 3, 4, 5)),
             Operation("B", "reset"),
             Operation("B", "__init__"),
             Operation("", "increment", (1,)),
