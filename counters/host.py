@@ -160,8 +160,8 @@ class ObjectHost:
                 operations, outcomes, store, touched, recorded, with_id, now, look_up_every_id
             )
         except BaseException:
-            # Whatever went wrong, nothing of this batch was stored: neither may memory keep
-            # it, or the next commit would store these writes without their ids.
+            # Whatever went wrong, memory must not keep what storage may not hold, or the next
+            # commit would store these writes without their ids: they load again from storage.
             self._drop(touched)
             raise
 
