@@ -20,7 +20,7 @@ from typing import ClassVar
 
 from .errors import InvalidAmount, OutOfBounds, VersionMismatch
 from .object_storage import ObjectStorage
-from .validation import INT64_MAX, INT64_MIN, check_amount, check_count
+from .validation import check_amount, check_count
 
 __all__ = ["Counter"]
 
@@ -77,9 +77,7 @@ class Counter:
         ceiling: int | None = None,
         if_version: int | None = None,
     ) -> list[int]:
-        count, version = self._checked(if_version)
-        count += check_amount(amount)
-        return self._change(check_count(_bounded(count, floor, ceiling)), version)
+        return self._moved(check_amount(amount), floor, ceiling, if_version)
 
     def subtract(
         self,
@@ -88,14 +86,12 @@ class Counter:
         ceiling: int | None = None,
         if_version: int | None = None,
     ) -> list[int]:
-        count, version = self._checked(if_version)
-        count -= check_amount(amount)
-        return self._change(check_count(_bounded(count, floor, ceiling)), version)
+        return self._moved(-check_amount(amount), floor, ceiling, if_version)
 
     def set(self, value: int, if_version: int | None = None) -> list[int]:
         """Set the count; [the previous count, the previous version, the new version]."""
         previous = self._checked(if_version)
-        _, version = self._change(_number(value, "value"), previous[1])
+        _, version = self._change(check_amount(value, "value"), previous[1])
         return [*previous, version]
 
     def delete(self, if_version: int | None = None) -> list[int]:
@@ -104,10 +100,17 @@ class Counter:
         self._store(None, previous[1] + 1)
         return [*previous, previous[1] + 1]
 
+    def _moved(
+        self, by: int, floor: int | None, ceiling: int | None, if_version: int | None
+    ) -> list[int]:
+        """The count moved `by`, if it stays within the bounds and the version matches."""
+        count, version = self._checked(if_version)
+        return self._change(check_count(_bounded(count + by, floor, ceiling)), version)
+
     def _checked(self, if_version: int | None) -> list[int]:
         """The state, if it is at `if_version` (when given), else VersionMismatch."""
         state = self.read()
-        if if_version is not None and _number(if_version, "if_version") != state[1]:
+        if if_version is not None and check_amount(if_version, "if_version") != state[1]:
             raise VersionMismatch(
                 f"the counter is at version {state[1]}, not {if_version}; nothing was changed"
             )
@@ -123,19 +126,10 @@ class Counter:
         self.storage.put("count", [count, version])
 
 
-def _number(value: object, what: str) -> int:
-    """`value` if it is an int in the signed 64-bit range, else InvalidAmount naming `what`."""
-    if type(value) is not int:  # bool is an int subclass, and True is no number
-        raise InvalidAmount(f"{what} must be an integer, not {type(value).__name__}")
-    if not INT64_MIN <= value <= INT64_MAX:
-        raise InvalidAmount(f"{what} {value} is outside the signed 64-bit range")
-    return value
-
-
 def _bounded(count: int, floor: int | None, ceiling: int | None) -> int:
     """`count` if it is within the bounds given, else OutOfBounds."""
-    low = None if floor is None else _number(floor, "floor")
-    high = None if ceiling is None else _number(ceiling, "ceiling")
+    low = None if floor is None else check_amount(floor, "floor")
+    high = None if ceiling is None else check_amount(ceiling, "ceiling")
     if low is not None and high is not None and low > high:
         raise InvalidAmount(f"floor {low} is above ceiling {high}")
     if (low is not None and count < low) or (high is not None and count > high):

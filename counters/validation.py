@@ -76,12 +76,13 @@ def is_op_id(op_id: object) -> TypeGuard[str]:
     return _CONTROL.search(op_id) is None
 
 
-def check_amount(amount: object) -> int:
-    """Return `amount` if it is an int in the signed 64-bit range, else raise InvalidAmount."""
+def check_amount(amount: object, what: str = "amount") -> int:
+    """Return `amount` if it is an int in the signed 64-bit range, else raise InvalidAmount
+    naming it as `what` (amount, value, floor, ceiling, if_version)."""
     if type(amount) is not int:  # bool is an int subclass, and True is no amount
-        raise InvalidAmount(f"amount must be an integer, not {type(amount).__name__}")
+        raise InvalidAmount(f"{what} must be an integer, not {type(amount).__name__}")
     if not INT64_MIN <= amount <= INT64_MAX:
-        raise InvalidAmount(f"amount {amount} is outside the signed 64-bit range")
+        raise InvalidAmount(f"{what} {amount} is outside the signed 64-bit range")
     return amount
 
 
@@ -95,10 +96,7 @@ def parse_integer(text: str, what: str) -> int:
     if not _INTEGER.fullmatch(text):
         shown = text if len(text) <= 40 else text[:40] + "..."
         raise InvalidAmount(f"{what} must be an integer, got {shown!r}")
-    number = int(text)
-    if not INT64_MIN <= number <= INT64_MAX:
-        raise InvalidAmount(f"{what} {number} is outside the signed 64-bit range")
-    return number
+    return check_amount(int(text), what)
 
 
 def check_count(count: int) -> int:
