@@ -6,10 +6,10 @@ Durable Objects' input gates make it there. So a version check or a bound holds 
 of the change itself: nothing else runs on the counter in between.
 
 State: one key, ``count``: ``[count, version]``, the version being how many changes the counter
-has had; one key, so that a change writes one row (two cost spread increments a fifth of their
-speed). A counter never changed has none, and reads 0 at version 0. `delete` forgets the count
-but keeps the version, as ``[null, version]``, so that a version is never given twice to one
-name: an ``If-Match`` sent before a delete can never match a counter made again after it.
+has had; one key, so that a change writes one row, not two. A counter never changed has none,
+and reads 0 at version 0. `delete` forgets the count but keeps the version, as ``[null,
+version]``, so that a version is never given twice to one name: an ``If-Match`` sent before a
+delete can never match a counter made again after it.
 (Counters stored before versions existed have ``value`` alone: version 1, moved to ``count`` by
 their next change.)
 """
