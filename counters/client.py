@@ -28,13 +28,14 @@ Theory of operation.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import functools
 import logging
 import math
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
@@ -46,10 +47,12 @@ from ray.exceptions import (
     GetTimeoutError,
     RayActorError,
 )
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .channel import Channel, ChannelAddress
 from .counter import Counter
 from .errors import CountersError, Fenced, HostUnavailable, OutcomeUnknown, Overloaded
+from .listing import DEFAULT_LIMIT, Page, check_page, list_page
 from .op_ids import new_op_id
 from .operations import Operation, Outcome, Results, trimmed
 from .placement import Layout, Placement
@@ -126,6 +129,37 @@ class Namespace:
         checked = [validate_name(name) for name in names]
         answers = await asyncio.gather(*(self.call(Operation(n, "read")) for n in checked))
         return [_value(name, answer) for name, answer in zip(checked, answers, strict=True)]
+
+    async def list(
+        self, prefix: str = "", *, after: str = "", page_size: int = DEFAULT_LIMIT
+    ) -> AsyncIterator[CounterValue]:
+        """Every counter that exists (changed, and not deleted since) whose name starts with
+        `prefix`, in name order, read a page at a time: ``async for counter in
+        counters.list("user:")``. A counter changed while the listing runs shows with the
+        value it had when its page was read."""
+        while True:
+            page = await self.list_page(prefix, after, page_size)
+            for name, answer in page.items:
+                yield _value(name, answer)
+            if page.next is None:
+                return
+            after = page.next
+
+    async def list_page(self, prefix: str = "", after: str = "", limit: int = 100) -> Page:
+        """One page of a listing (`listing.py`): read from storage, here if it is reachable
+        from this process, else by a Ray task on the storage dir's node."""
+        check_page(prefix, after, limit)
+        storage = self.settings.storage()
+        if self.settings.database or self.storage_is_here():
+            return await asyncio.to_thread(
+                list_page, storage, self.object_class, prefix, after, limit
+            )
+        node = storage_node(self.settings.namespace, self.object_class.__name__)
+        task = _list_page_task.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+        )
+        page: Page = await task.remote(storage, self.object_class, prefix, after, limit)
+        return page
 
     def host_for(self, name: str) -> str:
         """The Ray actor name of the host serving `name`."""
@@ -221,7 +255,7 @@ class Namespace:
             self._directory = get_or_create_directory(self.object_class, self.settings)
         ray.get(self._directory.admit.remote(host), timeout=timeout)
 
-    def known_hosts(self) -> list[str]:
+    def known_hosts(self) -> builtins.list[str]:
         """The hosts this binding has reached and not seen stop."""
         return sorted(self._handles)
 
@@ -598,6 +632,11 @@ async def _done_or_time(
     finally:
         timer.cancel()
         call.remove_done_callback(wake)
+
+
+@ray.remote(num_cpus=0)
+def _list_page_task(storage: Any, object_class: type, prefix: str, after: str, limit: int) -> Page:
+    return list_page(storage, object_class, prefix, after, limit)
 
 
 def _deadline(entry: _Entry) -> float:

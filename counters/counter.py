@@ -32,7 +32,7 @@ class Counter:
 
     # Methods that change nothing. Every other method is a change, and a client sends each change
     # with an operation id, so that resending it after a lost answer cannot apply it twice.
-    READS: ClassVar[frozenset[str]] = frozenset({"get_counter_value", "read"})
+    READS: ClassVar[frozenset[str]] = frozenset({"exists", "get_counter_value", "read"})
 
     def __init__(self, storage: ObjectStorage) -> None:
         self.storage = storage
@@ -69,6 +69,11 @@ class Counter:
             return [0, 0] if legacy is None else [legacy, 1]
         count, version = state
         return [count or 0, version]  # a deleted counter's count is null
+
+    def exists(self) -> bool:
+        """Whether the counter has been changed and not deleted since: what listings show."""
+        state = self.storage.get("count")
+        return state[0] is not None if state is not None else self.storage.get("value") is not None
 
     def add(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import TypeGuard
 
-from .errors import CountOutOfRange, InvalidAmount, InvalidName
+from .errors import CountOutOfRange, InvalidAmount, InvalidInput, InvalidName
 
 __all__ = [
     "INT64_MAX",
@@ -19,6 +19,7 @@ __all__ = [
     "OP_ID_RULE",
     "check_amount",
     "check_count",
+    "check_text",
     "is_op_id",
     "parse_amount",
     "parse_integer",
@@ -43,22 +44,32 @@ def validate_name(name: object) -> str:
     A name is any non-empty text of at most 1024 bytes of UTF-8 without control characters.
     It is never used as a path: `../../etc` is just a name.
     """
-    if not isinstance(name, str):
-        raise InvalidName(f"name must be text, not {type(name).__name__}")
-    if not name:
+    if isinstance(name, str) and not name:
         raise InvalidName("name must not be empty")
+    return _checked_text(name, "name", MAX_NAME_BYTES, InvalidName)
+
+
+def check_text(text: object, what: str, max_bytes: int) -> str:
+    """Return `text` if it is text of at most `max_bytes` of UTF-8 without control characters
+    (empty allowed: a listing's prefix or cursor), else raise InvalidInput naming `what`."""
+    return _checked_text(text, what, max_bytes, InvalidInput)
+
+
+def _checked_text(text: object, what: str, max_bytes: int, error: type[InvalidInput]) -> str:
+    if not isinstance(text, str):
+        raise error(f"{what} must be text, not {type(text).__name__}")
     try:
-        size = len(name.encode("utf-8"))
+        size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
-        raise InvalidName("name must be valid Unicode text (no lone surrogates)") from None
-    if size > MAX_NAME_BYTES:
-        raise InvalidName(f"name is {size} bytes of UTF-8; at most {MAX_NAME_BYTES} are allowed")
-    found = _CONTROL.search(name)
+        raise error(f"{what} must be valid Unicode text (no lone surrogates)") from None
+    if size > max_bytes:
+        raise error(f"{what} is {size} bytes of UTF-8; at most {max_bytes} are allowed")
+    found = _CONTROL.search(text)
     if found:
-        raise InvalidName(
-            f"name must not contain control characters (found U+{ord(found.group()):04X})"
+        raise error(
+            f"{what} must not contain control characters (found U+{ord(found.group()):04X})"
         )
-    return name
+    return text
 
 
 def is_op_id(op_id: object) -> TypeGuard[str]:

@@ -6,6 +6,8 @@
     POST /set?name=A&value=N
     POST /delete?name=A
     GET  /counters?name=A&name=B...   {"counters": [{"name", "count", "version"}, ...]}
+    GET  /counters[?prefix=P][&limit=N][&after=CURSOR]   the same, for the counters that exist,
+                              in name order, a page at a time, and "next": the next page's cursor
     GET  /healthz             ok
     anything else             404 Not found
 
@@ -45,6 +47,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -52,6 +55,7 @@ from aiohttp.log import server_logger
 
 from counters.client import Namespace, new_op_id
 from counters.errors import CountersError, InvalidAmount, InvalidInput, InvalidName
+from counters.listing import DEFAULT_LIMIT
 from counters.operations import Operation, trimmed
 from counters.validation import parse_amount, parse_integer, validate_name
 
@@ -206,9 +210,13 @@ class Gateway:
 
     async def _read_many(self, request: web.BaseRequest) -> web.StreamResponse:
         _allow(request, (*READ_METHODS, "POST"))  # POST: names in a form body, past a URL's size
-        raw = (await _params(request)).all("name")
+        params = await _params(request)
+        raw = params.all("name")
         if not raw:
-            raise InvalidName("name which counters: /counters?name=A&name=B")
+            return await self._list(request, params)
+        listing = [key for key in ("prefix", "after", "limit") if params.first(key) is not None]
+        if listing:
+            raise InvalidInput(f"name and {listing[0]} do not go together: list, or name counters")
         if len(raw) > MAX_NAMES:
             raise InvalidInput(f"at most {MAX_NAMES} names at once, not {len(raw)}")
         names = [validate_name(name) for name in raw]
@@ -221,6 +229,24 @@ class Gateway:
         ]
         lines = "\n".join(f"{c['name']}: {c['count']}" for c in counters)
         return _respond(request, 200, lines, {"counters": counters})
+
+    async def _list(self, request: web.BaseRequest, params: QueryParams) -> web.StreamResponse:
+        """The counters that exist, in name order, a page at a time (`counters.listing`)."""
+        prefix = params.first("prefix") or ""
+        after = params.first("after") or ""
+        limit_text = params.first("limit")
+        limit = DEFAULT_LIMIT if limit_text is None else parse_integer(limit_text, "limit")
+        page = await self.namespace.list_page(prefix, after, limit)
+        counters = [
+            {"name": name, "count": count, "version": version}
+            for name, (count, version) in page.items
+        ]
+        lines = "\n".join(f"{c['name']}: {c['count']}" for c in counters)
+        headers = {}
+        if page.next is not None:  # for a text client: where the next page is
+            query = urlencode({"prefix": prefix, "after": page.next, "limit": limit})
+            headers["Link"] = f'</counters?{query}>; rel="next"'
+        return _respond(request, 200, lines, {"counters": counters, "next": page.next}, headers)
 
 
 class ServerLog(logging.Logger):

@@ -23,7 +23,8 @@ The contract every backend keeps, and the shared tests hold each to:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Set
+import itertools
+from collections.abc import Callable, Generator, Iterable, Iterator, Set
 from typing import Any, NamedTuple, Protocol
 
 from ..applied_log import AppliedOp
@@ -39,7 +40,11 @@ __all__ = [
     "Rows",
     "ServiceId",
     "Storage",
+    "objects_of",
+    "scan_rows",
 ]
+
+SCAN_BATCH = 500  # rows per query of a scan
 
 Change = tuple[str, str, Any]  # (object, key, JSON text or DELETED)
 Applied = tuple[str, str, AppliedOp]  # (object, op_id, what it did)
@@ -148,3 +153,36 @@ class Storage(Protocol):
     def describe(self) -> str:
         """Where the data is, for logs and errors (no password)."""
         ...
+
+    def scan(self, prefix: str, after: str) -> Generator[tuple[str, dict[str, str]]]:
+        """Every stored object whose name starts with `prefix` and sorts after `after`, in name
+        order (by code point), with its committed keys, across every host: what a listing
+        reads. It reads only what is committed, and so acknowledged, and takes no lock a host
+        needs. From any process that reaches the storage (a SQLite dir: on its node). Close
+        the iterator when done: it holds a connection."""
+        ...
+
+
+Row = tuple[str, str, str]  # (object, key, JSON text)
+
+
+def scan_rows(fetch: Callable[[tuple[str, str] | None], list[Row]], prefix: str) -> Iterator[Row]:
+    """The rows a scan reads, a batch at a time: `fetch(None)` gives the first SCAN_BATCH
+    rows in (object, key) order, `fetch(last)` those after the row `last`. Stops at the first
+    name past the prefix (names are in order: none after it can match)."""
+    position: tuple[str, str] | None = None
+    while True:
+        rows = fetch(position)
+        for row in rows:
+            if not row[0].startswith(prefix):
+                return
+            yield row
+        if len(rows) < SCAN_BATCH:
+            return
+        position = (rows[-1][0], rows[-1][1])
+
+
+def objects_of(rows: Iterable[Row]) -> Iterator[tuple[str, dict[str, str]]]:
+    """Rows in (object, key) order, as (object, {key: JSON text}), an object at a time."""
+    for name, group in itertools.groupby(rows, key=lambda row: row[0]):
+        yield name, {key: value for _, key, value in group}

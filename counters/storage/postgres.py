@@ -38,7 +38,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Set
+from collections.abc import Callable, Generator, Iterable, Iterator, Set
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -56,7 +56,18 @@ from ..errors import (
     StorageFull,
 )
 from ..placement import Layout, Placement
-from .interface import Applied, Change, IdsAlreadyRecorded, Oldest, Rows, ServiceId
+from .interface import (
+    SCAN_BATCH,
+    Applied,
+    Change,
+    IdsAlreadyRecorded,
+    Oldest,
+    Row,
+    Rows,
+    ServiceId,
+    objects_of,
+    scan_rows,
+)
 
 __all__ = ["MIGRATIONS", "PostgresHostStore", "PostgresStorage", "redacted"]
 
@@ -88,6 +99,13 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             writer TEXT NOT NULL
         );
         CREATE TABLE counters_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        """,
+    ),
+    (
+        2,
+        # Listing walks names in code point order, whatever the database's collation.
+        """
+        CREATE INDEX counters_kv_in_name_order ON counters_kv (object COLLATE "C", key COLLATE "C");
         """,
     ),
 )
@@ -144,6 +162,19 @@ _FIND = (
 # ORDER BY host too: the index on (host, seq) then serves it, never a walk of the whole table's
 # seq order past other hosts' ids.
 _OLDEST = "SELECT at FROM counters_applied WHERE host = %s ORDER BY host, seq LIMIT 1"
+
+
+# Names in code point order (COLLATE "C"), as Python and SQLite order them.
+_FIRST_ROWS = (
+    'SELECT object, key, value FROM counters_kv WHERE object COLLATE "C" > %s '
+    'AND object COLLATE "C" >= %s ORDER BY object COLLATE "C", key COLLATE "C" '
+    f"LIMIT {SCAN_BATCH}"
+)
+_NEXT_ROWS = (
+    'SELECT object, key, value FROM counters_kv WHERE (object COLLATE "C", key COLLATE "C") '
+    '> (%s, %s) ORDER BY object COLLATE "C", key COLLATE "C" '
+    f"LIMIT {SCAN_BATCH}"
+)
 
 
 def redacted(dsn: str) -> str:
@@ -208,6 +239,20 @@ class PostgresStorage:
 
     def describe(self) -> str:
         return f"PostgreSQL database {redacted(self.dsn)}"
+
+    def scan(self, prefix: str, after: str) -> Generator[tuple[str, dict[str, str]]]:
+        """Every host's objects are rows of one table: one index walk, a batch per query."""
+        with _connect(self.dsn) as db:
+
+            def fetch(position: tuple[str, str] | None) -> list[Row]:
+                with _translated("cannot read"):
+                    if position is None:
+                        if _recorded_layout(db) is None:
+                            return []  # no host has opened this database yet: no tables
+                        return db.execute(_FIRST_ROWS, (after, prefix)).fetchall()
+                    return db.execute(_NEXT_ROWS, position).fetchall()
+
+            yield from objects_of(scan_rows(fetch, prefix))
 
 
 class PostgresHostStore:

@@ -27,18 +27,21 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import heapq
 import json
 import os
 import random
 import socket
+import sqlite3
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 from ..errors import LayoutMismatch, StorageBusy, StorageDirInUse, StorageFailed
 from ..placement import Layout, Placement, host_file_name
-from .interface import ServiceId
+from .interface import SCAN_BATCH, Row, ServiceId, objects_of, scan_rows
 from .sqlite import SqliteStore
 
 __all__ = ["StorageDir"]
@@ -70,6 +73,16 @@ class StorageDir:
 
     def describe(self) -> str:
         return f"storage dir {self.path}"
+
+    def scan(self, prefix: str, after: str) -> Generator[tuple[str, dict[str, str]]]:
+        """Every host's file, read-only, merged in name order (`interface.Storage.scan`).
+
+        A name lives in one file, so the merge interleaves whole objects. Each file is read by
+        its own connection, which sees its last commit (WAL) and never blocks its host; a
+        per-name dir has a file per name, so a page there costs a query per counter stored.
+        """
+        files = sorted((self.path / "hosts").glob("*.sqlite3"))
+        yield from objects_of(heapq.merge(*(_file_rows(path, prefix, after) for path in files)))
 
     def host_path(self, host: str) -> Path:
         return self.path / "hosts" / host_file_name(host)
@@ -189,6 +202,42 @@ class StorageDir:
                 f"but this service is configured as {wanted}; use the same placement and shard "
                 "count, or another storage dir"
             )
+
+
+_FIRST_ROWS = (
+    "SELECT object, key, value FROM kv WHERE object > ? AND object >= ? "
+    f"ORDER BY object, key LIMIT {SCAN_BATCH}"
+)
+_NEXT_ROWS = (
+    f"SELECT object, key, value FROM kv WHERE (object, key) > (?, ?) "
+    f"ORDER BY object, key LIMIT {SCAN_BATCH}"
+)
+
+
+def _file_rows(path: Path, prefix: str, after: str) -> Iterator[Row]:
+    """One host file's rows for a scan, read-only (SQLite orders text by its UTF-8 bytes,
+    which is code point order, as Python's)."""
+    try:
+        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
+    except sqlite3.Error as error:
+        raise StorageFailed(f"cannot read {path}: {error}") from None
+
+    def fetch(position: tuple[str, str] | None) -> list[Row]:
+        try:
+            if position is None:
+                return db.execute(_FIRST_ROWS, (after, prefix)).fetchall()
+            return db.execute(_NEXT_ROWS, position).fetchall()
+        except sqlite3.OperationalError as error:
+            if "no such table" in str(error):
+                return []  # a host is creating the file at this moment: nothing stored yet
+            raise StorageFailed(f"cannot read {path}: {error}") from None
+        except sqlite3.Error as error:
+            raise StorageFailed(f"cannot read {path}: {error}") from None
+
+    try:
+        yield from scan_rows(fetch, prefix)
+    finally:
+        db.close()
 
 
 def _open_lock(path: Path) -> int:

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from counters import CounterValue, Namespace, OutOfBounds, Replaced, VersionMismatch
+from counters import Counter, CounterValue, Namespace, OutOfBounds, Replaced, VersionMismatch
+from counters.client import _list_page_task
 from counters.placement import Placement
 
 Client = TestClient[Any, Any]
@@ -203,3 +204,55 @@ async def test_the_python_client_has_it_all(namespace: Namespace) -> None:
     blocking = stub.blocking
     assert await asyncio.to_thread(blocking.increment, 3, ceiling=3) == 3
     assert await asyncio.to_thread(blocking.get) == CounterValue("P", 3, 6)
+
+
+async def test_listing_a_page_at_a_time_over_http(client_on_backend: Client) -> None:
+    client = client_on_backend
+    for name in ("p:b", "p:a", "p:é", "p:C", "gone", "q"):
+        await get(client, f"/increment?name={name}&amount=2")
+    await post(client, "/delete?name=gone")
+    await get(client, "/?name=p:never")  # reading creates nothing
+    status, body, headers = await get(client, "/counters?prefix=p:&limit=2")
+    assert (status, body) == (
+        200,
+        {
+            "counters": [
+                {"name": "p:C", "count": 2, "version": 1},
+                {"name": "p:a", "count": 2, "version": 1},
+            ],
+            "next": "p:a",
+        },
+    )
+    assert headers["Link"] == '</counters?prefix=p%3A&after=p%3Aa&limit=2>; rel="next"'
+    status, body, headers = await get(client, "/counters?prefix=p:&limit=2&after=p:a")
+    assert [c["name"] for c in body["counters"]] == ["p:b", "p:é"]
+    assert body["next"] is None
+    assert "Link" not in headers
+    _, body, _ = await get(client, "/counters")  # every counter, a page of 100
+    assert [c["name"] for c in body["counters"]] == ["p:C", "p:a", "p:b", "p:é", "q"]
+    async with client.get("/counters?prefix=q") as response:  # text: the lines of names
+        assert await response.text() == "q: 2"
+    for query, code in [
+        ("name=A&prefix=p", "invalid_input"),
+        ("limit=0", "invalid_input"),
+        ("limit=1001", "invalid_input"),
+        ("limit=ten", "invalid_amount"),
+        ("prefix=%00", "invalid_input"),
+    ]:
+        status, body, _ = await get(client, f"/counters?{query}")
+        assert (status, body["error"]) == (400, code), query
+
+
+async def test_the_python_client_lists_every_counter_page_after_page(
+    namespace: Namespace,
+) -> None:
+    names = [f"item-{i:03d}" for i in range(25)]
+    await asyncio.gather(*(namespace.get_by_name(n).increment(i) for i, n in enumerate(names)))
+    await namespace.get_by_name("item-007").delete()
+    await namespace.get_by_name("other").increment()
+    listed = [c async for c in namespace.list("item-", page_size=4)]
+    assert listed == [CounterValue(n, i, 1) for i, n in enumerate(names) if n != "item-007"]
+    # From a process on another node a page is read by a task on the storage's node: the same.
+    storage = namespace.settings.storage()
+    task = _list_page_task.remote(storage, Counter, "item-", "item-020", 10)
+    assert await task == await namespace.list_page("item-", "item-020", 10)

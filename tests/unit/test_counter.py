@@ -168,3 +168,17 @@ def test_a_counter_stored_before_versions_reads_at_version_1_and_moves_on() -> N
     assert counter.increment() == 42
     assert counter.storage.get("value") is None
     assert counter.storage.get("count") == [42, 2]
+
+
+def test_a_counter_exists_from_its_first_change_until_deleted() -> None:
+    counter = fresh()
+    assert not counter.exists()
+    counter.read()
+    assert not counter.exists()  # reading creates nothing
+    counter.increment(0)
+    assert counter.exists()  # changed, though still 0
+    counter.delete()
+    assert not counter.exists()
+    counter.set(4)
+    assert counter.exists()
+    assert Counter(ObjectStorage({"value": "3"})).exists()  # stored before versions
