@@ -24,6 +24,7 @@ from .errors import (
     StorageFailed,
     UnknownMethod,
     VersionMismatch,
+    WatcherDropped,
 )
 from .object_storage import ObjectStorage
 from .op_ids import new_op_id
@@ -31,6 +32,7 @@ from .operations import Operation, Outcome
 from .placement import Layout, Placement
 from .runtime import service_layout, start_ray, tune_gc
 from .settings import Settings
+from .watching import Watch
 
 __all__ = [
     "BlockingCounterStub",
@@ -58,6 +60,8 @@ __all__ = [
     "StorageFailed",
     "UnknownMethod",
     "VersionMismatch",
+    "Watch",
+    "WatcherDropped",
     "new_op_id",
     "service_layout",
     "start_ray",

@@ -38,6 +38,12 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("max_in_flight", int, "calls in flight to one host from one gateway"),
     ("direct_channel", bool, "send batches to hosts on this node by a Unix socket, not Ray calls"),
     ("max_queue", int, "operations waiting for one host before callers get 503"),
+    ("max_watchers", int, "live-update streams (GET /watch) one gateway serves at once"),
+    (
+        "max_watch_backlog",
+        int,
+        "changes waiting for one slow watcher before it is dropped (it may resume)",
+    ),
     ("deadline", float, "seconds a request may take, retries included"),
     ("idle_timeout", float, "seconds an unused object stays in memory (and a per-name actor up)"),
     ("max_actors_per_node", int, "live per-name actors at most; idle ones stop first"),

@@ -35,9 +35,8 @@ import math
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any, cast
 
 import ray
 from ray.actor import ActorHandle
@@ -51,7 +50,14 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .channel import Channel, ChannelAddress
 from .counter import Counter
-from .errors import CountersError, Fenced, HostUnavailable, OutcomeUnknown, Overloaded
+from .errors import (
+    CountersError,
+    Fenced,
+    HostUnavailable,
+    InvalidName,
+    OutcomeUnknown,
+    Overloaded,
+)
 from .listing import DEFAULT_LIMIT, Page, check_page, list_page
 from .op_ids import new_op_id
 from .operations import Operation, Outcome, Results, trimmed
@@ -65,6 +71,8 @@ from .runtime import (
 )
 from .settings import Settings
 from .validation import check_amount, validate_name
+from .values import CounterValue, Replaced
+from .watching import Watch, WatchHub
 
 __all__ = [
     "BlockingCounterStub",
@@ -72,6 +80,7 @@ __all__ = [
     "CounterValue",
     "Namespace",
     "Replaced",
+    "Watch",
     "new_op_id",
 ]
 
@@ -109,6 +118,7 @@ class Namespace:
         self._opening: dict[str, asyncio.Task[Channel | None]] = {}
         self._my_node: str | None = None
         self._directory: ActorHandle[Any] | None = None  # per-name placement only
+        self._hub: WatchHub | None = None  # this process's watches, once one is asked for
 
     @classmethod
     def join(cls, namespace: str = "counters", object_class: type = Counter) -> Namespace:
@@ -161,6 +171,27 @@ class Namespace:
         page: Page = await task.remote(storage, self.object_class, prefix, after, limit)
         return page
 
+    async def watch(self, *names: str) -> AsyncGenerator[CounterValue, None]:
+        """The value of each of `names` now, then each change as it is committed, through
+        whichever gateway or client it was made: ``async for value in counters.watch("A")``.
+        Raises WatcherDropped if the loop falls more than ``max_watch_backlog`` changes
+        behind; watching again resumes from the latest values."""
+        async with await self.watching(names) as watch:
+            async for value in watch:
+                yield value
+
+    async def watching(self, names: Sequence[str], since: Mapping[str, int] | None = None) -> Watch:
+        """A `Watch` of `names` to iterate and close (the gateway's way): with `since`, a name
+        still at the version given there is not sent first (a watcher resuming)."""
+        checked = [validate_name(name) for name in names]
+        if not checked:
+            raise InvalidName("watch at least one name")
+        hub = self._hub
+        loop = asyncio.get_running_loop()
+        if hub is None or hub.loop is not loop:
+            hub = self._hub = WatchHub(self)
+        return await hub.watch(checked, since, self.settings.max_watch_backlog)
+
     def host_for(self, name: str) -> str:
         """The Ray actor name of the host serving `name`."""
         host = self._host_names.get(name)
@@ -203,7 +234,7 @@ class Namespace:
             except GetTimeoutError:
                 raise self.gave_up(operation, failure) from None
             except RayActorError as error:
-                failure = self._lost(host, error)
+                failure = self.lost(host, error)
             except ActorUnschedulableError as error:
                 failure = self._unschedulable(host, error)
             except (HostUnavailable, Fenced) as error:
@@ -259,6 +290,15 @@ class Namespace:
         """The hosts this binding has reached and not seen stop."""
         return sorted(self._handles)
 
+    def close(self) -> None:
+        """Let go of what this binding holds in this process: its watches, its channels to
+        hosts. The hosts and their counters are not touched."""
+        if self._hub is not None:
+            self._hub.close()
+            self._hub = None
+        for host in list(self._channels):
+            self._forget_placement(host)
+
     def kill_hosts(self) -> None:
         """Stop every host this binding reached (their data stays on disk). For tests and admin."""
         with self._handles_lock:
@@ -284,17 +324,22 @@ class Namespace:
             return channel.call(operations)
         return asyncio.ensure_future(self._send(host, operations))
 
-    async def _send(self, host: str, operations: Sequence[Operation]) -> Results:
+    async def handle_async(self, host: str) -> ActorHandle[Any]:
+        """`handle`, from a coroutine: cached, or looked up (or created) on a thread."""
         handle = self._handles.get(host)
         if handle is None:
             handle = await asyncio.to_thread(self.handle, host)
+        return handle
+
+    async def _send(self, host: str, operations: Sequence[Operation]) -> Results:
+        handle = await self.handle_async(host)
         try:
             channel = await self._channel(host, handle)
             if channel is not None:
                 return await channel.call(operations)
             outcomes = await handle.apply.remote(tuple(operations))
         except RayActorError as error:
-            raise self._lost(host, error) from None
+            raise self.lost(host, error) from None
         except ActorUnschedulableError as error:
             raise self._unschedulable(host, error) from None
         return Results.of(cast(tuple[Outcome, ...], outcomes))
@@ -366,7 +411,9 @@ class Namespace:
                 self._last_used.pop(host, None)
                 self._forget_placement(host)
 
-    def _lost(self, host: str, error: RayActorError) -> CountersError:
+    def lost(self, host: str, error: RayActorError) -> CountersError:
+        """`host` failed during a call: forget its handle if it is gone for good; the error
+        for the call, which may or may not have been applied."""
         if isinstance(error, ActorDiedError):
             # Gone for good (passivated, killed, or its node lost): find or create it anew.
             with self._handles_lock:
@@ -646,25 +693,6 @@ def _deadline(entry: _Entry) -> float:
 _Entry = tuple[Operation, "asyncio.Future[Any]", float]
 
 
-@dataclass(frozen=True, slots=True)
-class CounterValue:
-    """A counter as read: its name, its count and its version (0 for a counter never changed).
-
-    (A dataclass: as a NamedTuple, its `count` would hide the tuple's method of that name.)
-    """
-
-    name: str
-    count: int
-    version: int
-
-
-class Replaced(NamedTuple):
-    """What `set` and `delete` answer: the counter before, and after."""
-
-    previous: CounterValue
-    current: CounterValue
-
-
 class CounterStub:
     """Awaitable RPC methods of one counter, as in the example's stub, and more.
 
@@ -751,6 +779,11 @@ class CounterStub:
         """Forget the count: it reads 0 afterwards, and listing no longer shows it."""
         operation = _delete(self.name, if_version, op_id)
         return _replaced(self.name, await self.namespace.call(operation), 0)
+
+    async def watch(self) -> AsyncGenerator[CounterValue, None]:
+        """The value now, then each change: ``async for value in stub.watch()``."""
+        async for value in self.namespace.watch(self.name):
+            yield value
 
     @property
     def blocking(self) -> BlockingCounterStub:

@@ -19,6 +19,7 @@ across Ray's process boundaries.
     │   ├── StorageBusy      503  another process holds the host's file; nothing was stored
     │   └── Fenced           503  a newer host took the file over; nothing was stored
     ├── Overloaded           503  too many operations wait for this host; nothing was sent
+    │   └── WatcherDropped   503  a watcher fell too far behind; watch again to resume
     ├── HostUnavailable      503  no host answered within the deadline; retry with the same op id
     ├── OutcomeUnknown       503  the host died during the call: it may or may not have applied it
     └── ConfigError          500  a setting is invalid, or does not match the storage it uses
@@ -48,6 +49,7 @@ __all__ = [
     "StorageFull",
     "UnknownMethod",
     "VersionMismatch",
+    "WatcherDropped",
 ]
 
 
@@ -128,6 +130,12 @@ class Overloaded(CountersError):
     http_status = 503
     retry_safe = True
     code = "overloaded"
+
+
+class WatcherDropped(Overloaded):
+    """A watcher fell too far behind the changes it watches and was let go; it may resume."""
+
+    code = "watcher_dropped"
 
 
 class HostUnavailable(CountersError):

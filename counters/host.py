@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .applied_log import AppliedOp, Retention
+from .change_feed import ChangeFeed
 from .errors import (
     CountersError,
     Fenced,
@@ -106,6 +107,9 @@ class ObjectHost:
         self.fenced: Fenced | None = None  # set once a newer writer took the file over
         self._objects: OrderedDict[str, _Active] = OrderedDict()  # least recently used first
         self._arities: dict[str, tuple[int, int]] = {}  # method -> (least, most) arguments
+        # Changes of watched objects, for the processes watching them (`change_feed.py`).
+        self.feed = ChangeFeed()
+        self._watched_changes: list[tuple[str, Any]] = []  # this batch's: (name, its read())
         self._batches = 0
         self._operations = 0
         self._passivated = 0
@@ -150,6 +154,7 @@ class ObjectHost:
             except StorageFailed as error:
                 return tuple(Outcome(error=error) for _ in operations)
         recorded: dict[tuple[str, str], AppliedOp] = {}  # this batch's ids, on disk at commit
+        self._watched_changes = []  # published once committed
         with_id: list[int] = []  # operations that got as far as their id: valid, and known
         try:
             outcomes = [
@@ -232,6 +237,8 @@ class ObjectHost:
             return tuple(Outcome(error=error) for _ in operations)
         for active in touched.values():
             active.storage.commit()
+        if self._watched_changes:
+            self.feed.publish(self._watched_changes)
         self._cap_objects()
         return tuple(outcomes)
 
@@ -336,8 +343,11 @@ class ObjectHost:
                 )
             )
         wrote = active.storage.end_operation(keep=True)
-        if op_id is not None and wrote:
-            recorded[name, op_id] = AppliedOp(now, request, encode_value(value))
+        if wrote:
+            if op_id is not None:
+                recorded[name, op_id] = AppliedOp(now, request, encode_value(value))
+            if name in self.feed.watched:  # one event per change, as `read` shows it
+                self._watched_changes.append((name, active.instance.read()))
         return Outcome(value=value)
 
     def _activate(self, name: str, store: HostStore, now: float) -> _Active:
@@ -378,7 +388,8 @@ class ObjectHost:
         self.close()
 
     def close(self) -> None:
-        """Let go of the file and the locks (a host that exits; tests)."""
+        """Let go of the file and the locks (a host that exits; tests); watchers are let go."""
+        self.feed.close()
         if self._store is not None:
             self._store.close()
             self._store = None

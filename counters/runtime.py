@@ -31,6 +31,7 @@ from ray.experimental import internal_kv
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .applied_log import Retention
+from .change_feed import FeedAnswer
 from .channel import ChannelAddress, ChannelServer
 from .directory import HostDirectory, directory_name
 from .errors import ConfigError, CountersError
@@ -68,7 +69,17 @@ def host_actor_class(object_class: type) -> ActorClass[Any]:
         (_RayHost,),
         {"__qualname__": name, "__module__": __name__},
     )
-    return ray.remote(host_class)
+    remote: Any = ray.remote  # its typed overloads do not name concurrency_groups
+    return cast(
+        ActorClass[Any], remote(concurrency_groups={WATCH_GROUP: WATCH_THREADS})(host_class)
+    )
+
+
+WATCH_GROUP = "watch"
+# Threads of a host that watchers wait on: one per watching process (a gateway, a client) at
+# once; more wait their turn.
+WATCH_THREADS = 32
+WATCH_WAIT = 15.0  # seconds a watcher's call waits for a change before it is answered empty
 
 
 class _RayHost(ObjectHost):
@@ -112,6 +123,7 @@ class _RayHost(ObjectHost):
         per_name = self.layout.placement is Placement.PER_NAME
         while True:
             time.sleep(min(30.0, max(0.5, idle / 4)))
+            self.feed.expire()
             with self._serial:
                 if self._exiting or self.fenced is not None:
                     return
@@ -121,7 +133,20 @@ class _RayHost(ObjectHost):
             if per_name and self.idle_for() > idle:
                 self._handle.passivate_if_idle.remote(idle)
 
+    @ray.method(concurrency_group=WATCH_GROUP)
+    def watch(self, names: list[str]) -> tuple[str, int]:
+        """Tell the caller about changes of `names` from now on (`change_feed.py`); on a
+        thread of its own, never the writer's."""
+        return self.feed.watch(names)
+
+    @ray.method(concurrency_group=WATCH_GROUP)
+    def changes(self, incarnation: str | None, after: int, names: list[str]) -> FeedAnswer:
+        """The changes after number `after`, once there is one or after a while; renews the
+        registration of `names`. On a thread of its own: waiting never holds the writer."""
+        return self.feed.wait(incarnation, after, names, WATCH_WAIT)
+
     def _leave(self) -> None:
+        self.feed.close()
         if not self._exiting:
             self._exiting = True
             if self._channel is not None:
@@ -157,15 +182,16 @@ class _RayHost(ObjectHost):
             return self._channel.address
 
     def passivate_if_idle(self, idle_seconds: float) -> bool:
-        """Exit for good (no restart) if no batch came for `idle_seconds`; False if busy.
+        """Exit for good (no restart) if no batch came for `idle_seconds`; False if busy or
+        watched.
 
         Ray runs this between batches, so no call is cut short. Calls queued behind it fail
         with ActorDiedError, and channel batches are refused from here on; the client retries
         them on a new actor, which loads from disk.
         """
         with self._serial:
-            if self.idle_for() < idle_seconds:
-                return False
+            if self.idle_for() < idle_seconds or self.feed.watched:
+                return False  # busy, or watched: a watcher waits on this process
             self._exiting = True  # no batch after this: a successor may start at once
             if self._channel is not None:
                 self._channel.close()

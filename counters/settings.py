@@ -51,6 +51,8 @@ class Settings:
     id_retention: float = 24 * 3600.0
     max_ids_per_host: int = 10_000_000
     access_log: bool = False
+    max_watchers: int = 1000
+    max_watch_backlog: int = 1000
 
     def __post_init__(self) -> None:
         _check(1 <= self.port <= 65535 or self.port == 0, "port", "a TCP port (0 to 65535)")
@@ -77,6 +79,8 @@ class Settings:
             "every retry of its operation",
         )
         _check(self.max_ids_per_host >= 1, "max_ids_per_host", "at least 1")
+        _check(self.max_watchers >= 1, "max_watchers", "at least 1")
+        _check(self.max_watch_backlog >= 1, "max_watch_backlog", "at least 1")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:

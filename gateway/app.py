@@ -8,6 +8,7 @@
     GET  /counters?name=A&name=B...   {"counters": [{"name", "count", "version"}, ...]}
     GET  /counters[?prefix=P][&limit=N][&after=CURSOR]   the same, for the counters that exist,
                               in name order, a page at a time, and "next": the next page's cursor
+    GET  /watch?name=A[&name=B...]   Server-Sent Events: each value now, then each change
     GET  /healthz             ok
     anything else             404 Not found
 
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -53,8 +55,15 @@ from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger
 
-from counters.client import Namespace, new_op_id
-from counters.errors import CountersError, InvalidAmount, InvalidInput, InvalidName
+from counters.client import Namespace, Watch, new_op_id
+from counters.errors import (
+    CountersError,
+    InvalidAmount,
+    InvalidInput,
+    InvalidName,
+    Overloaded,
+    WatcherDropped,
+)
 from counters.listing import DEFAULT_LIMIT
 from counters.operations import Operation, trimmed
 from counters.validation import parse_amount, parse_integer, validate_name
@@ -73,6 +82,14 @@ FORM = "application/x-www-form-urlencoded"
 OP_ID = web.RequestKey("op_id", str)  # the operation id of a changing request
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _ETAG = re.compile(r'"([0-9]{1,19})"')
+_VERSION = re.compile("[0-9]{1,19}")
+_EVENT_STREAM = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # a proxy in front must not hold events back
+}
+HEARTBEAT = 15.0  # seconds between comments on an idle stream: proxies keep it, gone peers show
+WRITE_TIMEOUT = 10.0  # seconds an event may wait for a slow consumer before it is dropped
 MAX_NAMES = 1000  # names in one GET /counters
 # aiohttp's request line is 8 KiB at most, too short for a thousand names in a URL: 64 KiB.
 # (More names than fit go in a POST's form body, up to 1 MiB.)
@@ -94,6 +111,7 @@ class Gateway:
 
     def __init__(self, namespace: Namespace) -> None:
         self.namespace = namespace
+        self.watchers = 0  # streams of /watch open now
         self._routes: dict[str, Handler] = {
             "/": self._read,
             "/increment": self._changer("add"),
@@ -101,6 +119,7 @@ class Gateway:
             "/set": self._set,
             "/delete": self._delete,
             "/counters": self._read_many,
+            "/watch": self._watch,
             "/healthz": _healthz,
         }
 
@@ -248,6 +267,61 @@ class Gateway:
             headers["Link"] = f'</counters?{query}>; rel="next"'
         return _respond(request, 200, lines, {"counters": counters, "next": page.next}, headers)
 
+    async def _watch(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Server-Sent Events: each name's value now, then each change (`counters.watching`).
+
+        Each event's ``id:`` is the version of every name watched, in the order asked, comma
+        separated (one name: its version), so that a browser reconnecting with
+        ``Last-Event-ID`` gets only the names that changed meanwhile, at their latest value.
+        """
+        _allow(request, ("GET",))
+        names = list(dict.fromkeys(QueryParams(request.rel_url.raw_query_string).all("name")))
+        if not names:
+            raise InvalidName("name which counters to watch: /watch?name=A&name=B")
+        if len(names) > MAX_NAMES:
+            raise InvalidInput(f"at most {MAX_NAMES} names at once, not {len(names)}")
+        names = [validate_name(name) for name in names]
+        since = _last_event_id(request.headers.get("Last-Event-ID"), names)
+        limit = self.namespace.settings.max_watchers
+        if self.watchers >= limit:
+            raise Overloaded(
+                f"this gateway serves {limit} watchers at most (--max-watchers); "
+                "try again later, or another gateway"
+            )
+        self.watchers += 1
+        try:
+            async with await self.namespace.watching(names, since) as watch:
+                response = web.StreamResponse(headers=_EVENT_STREAM)
+                await response.prepare(request)
+                with contextlib.suppress(WatcherDropped, ConnectionError, TimeoutError):
+                    # A consumer too slow to take the changes is dropped (WatcherDropped, or a
+                    # write that cannot finish): the browser resumes with Last-Event-ID.
+                    await _stream(request, response, watch, names)
+                return response
+        finally:
+            self.watchers -= 1
+
+
+async def _stream(
+    request: web.BaseRequest, response: web.StreamResponse, watch: Watch, names: list[str]
+) -> None:
+    """Write `watch`'s values as events until the peer goes (seen within a second: the
+    stream's slot is free again), with a comment on an idle stream now and then."""
+    quiet_since = time.monotonic()
+    while request.transport is not None and not request.transport.is_closing():
+        try:
+            value = await asyncio.wait_for(anext(watch), 1.0)
+        except TimeoutError:
+            if time.monotonic() - quiet_since < HEARTBEAT:
+                continue
+            event = b": still here\n\n"  # proxies keep the stream; a gone peer shows
+        else:
+            ids = ",".join(str(watch.seen.get(name, "")) for name in names)
+            data = json.dumps(dataclasses.asdict(value))
+            event = f"id: {ids}\ndata: {data}\n\n".encode()
+        await asyncio.wait_for(response.write(event), WRITE_TIMEOUT)
+        quiet_since = time.monotonic()
+
 
 class ServerLog(logging.Logger):
     """The logger of aiohttp's server: `target`, with a client's malformed request told briefly.
@@ -308,6 +382,19 @@ async def _healthz(request: web.BaseRequest) -> web.StreamResponse:
 
 async def _not_found(request: web.BaseRequest) -> web.StreamResponse:
     return _respond(request, 404, "Not found", {"error": "not_found", "message": "Not found"})
+
+
+def _last_event_id(header: str | None, names: list[str]) -> dict[str, int]:
+    """The versions a resuming watcher had seen, from the id we gave its last event."""
+    if header is None:
+        return {}
+    parts = header.split(",")
+    if len(parts) != len(names) or not all(p == "" or _VERSION.fullmatch(p) for p in parts):
+        raise InvalidInput(
+            f"Last-Event-ID must be the id of an event of this stream (a version per name, "
+            f"comma separated), not {header!r:.60}"
+        )
+    return {name: int(part) for name, part in zip(names, parts, strict=True) if part}
 
 
 def _idempotency_key(request: web.BaseRequest) -> str | None:

@@ -65,6 +65,7 @@ def make_namespace(tmp_path: Path) -> Iterator[NamespaceFactory]:
 
     yield make
     for namespace in made:
+        namespace.close()
         namespace.kill_hosts()
 
 

@@ -443,3 +443,36 @@ def _must_remember(
     # Among the host's newest `max_ids`, counting ids of the same age as newer.
     newer = sum(1 for _, other_at, _ in applied.values() if other_at >= at)
     return newer <= retention.max_ids and now - at <= retention.window
+
+
+def test_watchers_are_told_each_committed_change_of_a_watched_name(storage: Storage) -> None:
+    host = make_host(storage)
+    incarnation, last = host.feed.watch(["A"])
+    host.apply(
+        [
+            Operation("A", "increment", (1,), "a1"),
+            Operation("B", "increment", (1,), "b1"),  # not watched
+            Operation("A", "read"),  # no change
+            Operation("A", "decrement", (5,), "a2"),
+            Operation("A", "increment", (1,), "a1"),  # sent again: applied once
+            Operation("A", "increment", (9, None, 4), "a3"),  # out of bounds: no change
+            Operation("A", "set", (7,), "a4"),
+        ]
+    )
+    host.call("A", "delete", op_id="a5")
+    changes = [("A", [1, 1]), ("A", [-4, 2]), ("A", [7, 3]), ("A", [0, 4])]
+    assert host.feed.wait(incarnation, last, ["A"], 0) == (incarnation, 4, changes)
+
+
+def test_a_batch_that_was_not_stored_tells_watchers_nothing(tmp_path: Path) -> None:
+    host = make_host(tmp_path)
+    incarnation, _ = host.feed.watch(["A"])
+    host.call("A", "increment", 5)
+    store = host._store
+    assert isinstance(store, SqliteStore)
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count={pages}")
+    batch = [Operation(f"n{i}", "increment", (1,)) for i in range(3000)]
+    outcomes = host.apply([*batch, Operation("A", "increment", (1,))])
+    assert {type(o.error) for o in outcomes} == {StorageFull}
+    assert host.feed.wait(incarnation, 0, ["A"], 0) == (incarnation, 1, [("A", [5, 1])])
