@@ -26,6 +26,7 @@ EXPECTED: dict[type[errors.CountersError], tuple[str, int, bool]] = {
     errors.StorageBusy: ("storage_busy", 503, True),
     errors.Fenced: ("fenced", 503, True),
     errors.Overloaded: ("overloaded", 503, True),
+    errors.WatcherDropped: ("watcher_dropped", 503, True),
     errors.HostUnavailable: ("host_unavailable", 503, True),
     errors.OutcomeUnknown: ("outcome_unknown", 503, False),
     errors.ConfigError: ("config_error", 500, False),
