@@ -9,6 +9,7 @@
     GET  /counters[?prefix=P][&limit=N][&after=CURSOR]   the same, for the counters that exist,
                               in name order, a page at a time, and "next": the next page's cursor
     GET  /watch?name=A[&name=B...]   Server-Sent Events: each value now, then each change
+    GET  /ui                  a page: counters by prefix, live, with + and - buttons
     GET  /healthz             ok
     anything else             404 Not found
 
@@ -43,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.resources
 import json
 import logging
 import re
@@ -111,7 +113,8 @@ class Gateway:
 
     def __init__(self, namespace: Namespace) -> None:
         self.namespace = namespace
-        self.watchers = 0  # streams of /watch open now
+        self._watchers = 0  # /watch streams open or opening now
+        self._streams: set[Watch] = set()  # the watches of those open
         self._routes: dict[str, Handler] = {
             "/": self._read,
             "/increment": self._changer("add"),
@@ -120,6 +123,7 @@ class Gateway:
             "/delete": self._delete,
             "/counters": self._read_many,
             "/watch": self._watch,
+            "/ui": _page,
             "/healthz": _healthz,
         }
 
@@ -160,7 +164,8 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def maintaining(self) -> AsyncIterator[None]:
-        """In the background: idle objects leave memory, idle per-name actors stop."""
+        """In the background: idle objects leave memory, idle per-name actors stop. At the
+        end, the /watch streams end too, so that the server can stop."""
         namespace = self.namespace
 
         async def run() -> None:
@@ -176,6 +181,7 @@ class Gateway:
         try:
             yield
         finally:
+            self.close_streams()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -283,23 +289,34 @@ class Gateway:
         names = [validate_name(name) for name in names]
         since = _last_event_id(request.headers.get("Last-Event-ID"), names)
         limit = self.namespace.settings.max_watchers
-        if self.watchers >= limit:
+        if self._watchers >= limit:
             raise Overloaded(
                 f"this gateway serves {limit} watchers at most (--max-watchers); "
                 "try again later, or another gateway"
             )
-        self.watchers += 1
+        self._watchers += 1  # counted before the first await: the cap is a bound
         try:
             async with await self.namespace.watching(names, since) as watch:
-                response = web.StreamResponse(headers=_EVENT_STREAM)
-                await response.prepare(request)
-                with contextlib.suppress(WatcherDropped, ConnectionError, TimeoutError):
-                    # A consumer too slow to take the changes is dropped (WatcherDropped, or a
-                    # write that cannot finish): the browser resumes with Last-Event-ID.
-                    await _stream(request, response, watch, names)
-                return response
+                self._streams.add(watch)
+                try:
+                    response = web.StreamResponse(headers=_EVENT_STREAM)
+                    await response.prepare(request)
+                    with contextlib.suppress(WatcherDropped, ConnectionError, TimeoutError):
+                        # A consumer too slow to take the changes is dropped (WatcherDropped,
+                        # or a write that cannot finish): the browser resumes with
+                        # Last-Event-ID.
+                        await _stream(request, response, watch, names)
+                    return response
+                finally:
+                    self._streams.discard(watch)
         finally:
-            self.watchers -= 1
+            self._watchers -= 1
+
+    def close_streams(self) -> None:
+        """End every /watch stream (the gateway stops: they would never end by themselves);
+        browsers reconnect, to another gateway if there is one."""
+        for watch in list(self._streams):
+            watch.close()
 
 
 async def _stream(
@@ -311,6 +328,8 @@ async def _stream(
     while request.transport is not None and not request.transport.is_closing():
         try:
             value = await asyncio.wait_for(anext(watch), 1.0)
+        except StopAsyncIteration:
+            return  # closed: the gateway stops
         except TimeoutError:
             if time.monotonic() - quiet_since < HEARTBEAT:
                 continue
@@ -378,6 +397,23 @@ async def _expect(request: web.BaseRequest, expect: str) -> None:
 async def _healthz(request: web.BaseRequest) -> web.StreamResponse:
     _allow(request, READ_METHODS)
     return _respond(request, 200, "ok", {"status": "ok"})
+
+
+# The page, one file with its script and style: nothing comes from anywhere but the gateway.
+_PAGE = (importlib.resources.files("gateway") / "ui" / "index.html").read_bytes()
+_PAGE_HEADERS = {
+    "Content-Type": "text/html; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+}
+
+
+async def _page(request: web.BaseRequest) -> web.StreamResponse:
+    _allow(request, READ_METHODS)
+    return web.Response(body=_PAGE, headers=_PAGE_HEADERS)
 
 
 async def _not_found(request: web.BaseRequest) -> web.StreamResponse:

@@ -52,7 +52,16 @@ def test_values_survive_stopping_and_starting_everything(
                 200,
                 f"Durable Object '{name}' count: {count}",
             )
-        assert service.stop(signal.SIGINT) == 0  # Ctrl-C
+        # A live-update stream stays open while the service stops: it ends, and with it the
+        # gateway, long before aiohttp would give up waiting for it (60 s).
+        url = f"http://127.0.0.1:{service.port}/watch?name=A"
+        with urllib.request.urlopen(url, timeout=60) as stream:
+            data = '{"name": "A", "count": -9, "version": 2}'
+            assert stream.read(len(f"id: 2\ndata: {data}\n\n")).decode() == (
+                f"id: 2\ndata: {data}\n\n"
+            )
+            assert service.stop(signal.SIGINT, timeout=30) == 0  # Ctrl-C
+            assert stream.read() == b""
         assert service.leftovers() == []
         assert '"GET /?name=B HTTP/1.1" 200' in service.log.read_text()
 
