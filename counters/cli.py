@@ -51,6 +51,13 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("id_retention", float, "seconds an operation id is remembered"),
     ("max_ids_per_host", int, "operation ids a host remembers on disk (past the retry window)"),
     ("access_log", bool, "log every request (costs throughput)"),
+    (
+        "auth_token_file",
+        str,
+        "file holding the token every HTTP request but /healthz must bear "
+        "(Authorization: Bearer <token>)",
+    ),
+    ("insecure", bool, "serve on an address beyond loopback without a token"),
 ]
 
 

@@ -24,6 +24,8 @@ log = logging.getLogger("counters")
 
 def serve(settings: Settings) -> int:
     """Serve until Ctrl-C or SIGTERM; stop Ray too if we started it."""
+    settings.refuse_open_door()
+    token = settings.auth_token()
     started_ray = start_ray(settings)
     try:
         namespace = Namespace(settings)
@@ -32,7 +34,7 @@ def serve(settings: Settings) -> int:
         release = storage_claim(namespace)
         _use_uvloop()
         try:
-            asyncio.run(_serve(settings, Gateway(namespace), started_ray))
+            asyncio.run(_serve(settings, Gateway(namespace, auth_token=token), started_ray))
         finally:
             release()
     finally:

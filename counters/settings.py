@@ -7,6 +7,7 @@ rather than at the first request. Nothing here reads the environment at import t
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -53,6 +54,8 @@ class Settings:
     access_log: bool = False
     max_watchers: int = 1000
     max_watch_backlog: int = 1000
+    auth_token_file: str | None = None  # every HTTP request but /healthz must bear its token
+    insecure: bool = False  # serve beyond loopback without a token, knowingly
 
     def __post_init__(self) -> None:
         _check(1 <= self.port <= 65535 or self.port == 0, "port", "a TCP port (0 to 65535)")
@@ -106,6 +109,35 @@ class Settings:
             )
         return cls(**values)
 
+    def auth_token(self) -> str | None:
+        """The token every HTTP request must bear, read from ``auth_token_file``; None without
+        one. ConfigError if the file cannot be read or holds no token."""
+        if self.auth_token_file is None:
+            return None
+        path = Path(self.auth_token_file).expanduser()
+        try:
+            token = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"--auth-token-file {path}: cannot read it: {error}") from None
+        if not token or not token.isascii() or not token.isprintable() or " " in token:
+            raise ConfigError(
+                f"--auth-token-file {path} must hold one token of visible ASCII characters "
+                "(make one: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return token
+
+    def refuse_open_door(self) -> None:
+        """ConfigError if the gateway would listen beyond loopback with no token to ask for."""
+        if self.auth_token_file is not None or self.insecure or _is_loopback(self.host):
+            return
+        raise ConfigError(
+            f"--host {self.host} is reachable from other machines, and without a token anyone "
+            "there may change any counter. Give one: --auth-token-file FILE (or "
+            "COUNTERS_AUTH_TOKEN_FILE), a file holding a secret such as `python3 -c 'import "
+            "secrets; print(secrets.token_urlsafe(32))'`; clients send it as `Authorization: "
+            "Bearer <token>`. Or accept the risk with --insecure"
+        )
+
     def host_config(self) -> HostConfig:
         """What every host actor is created with."""
         return HostConfig(
@@ -140,6 +172,15 @@ class Settings:
     def storage_path(self) -> Path:
         """The storage dir made absolute: host actors do not share the caller's working dir."""
         return Path(self.storage_dir).expanduser().resolve()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
 
 
 def _dashed(name: str) -> str:

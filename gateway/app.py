@@ -42,8 +42,10 @@ same.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
+import hmac
 import importlib.resources
 import json
 import logging
@@ -111,8 +113,10 @@ class Gateway:
     while the gateway serves.
     """
 
-    def __init__(self, namespace: Namespace) -> None:
+    def __init__(self, namespace: Namespace, auth_token: str | None = None) -> None:
         self.namespace = namespace
+        # Every request but /healthz must bear it, if set (`_authorized`).
+        self._token = None if auth_token is None else auth_token.encode()
         self._watchers = 0  # /watch streams open or opening now
         self._streams: set[Watch] = set()  # the watches of those open
         self._routes: dict[str, Handler] = {
@@ -138,6 +142,8 @@ class Gateway:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one request: its route's answer, or our errors as responses."""
         handler = self._routes.get(request.path, _not_found)
+        if self._token is not None and request.path != "/healthz" and not self._authorized(request):
+            return _unauthorized(request)
         try:
             expect = request.headers.get("Expect")
             if expect is not None:
@@ -185,6 +191,24 @@ class Gateway:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    def _authorized(self, request: web.BaseRequest) -> bool:
+        """Whether the request bears the token: ``Bearer <token>``, or as the password of
+        ``Basic`` (what a browser sends for the page and its streams once asked), compared
+        in constant time."""
+        assert self._token is not None
+        kind, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        if kind.lower() == "bearer":
+            offered = credentials.strip().encode("ascii", "replace")
+        elif kind.lower() == "basic":
+            try:
+                decoded = base64.b64decode(credentials.strip(), validate=True)
+            except ValueError:
+                return False
+            offered = decoded.partition(b":")[2]
+        else:
+            return False
+        return hmac.compare_digest(offered, self._token)
 
     # The handlers call `Namespace.call` with the operation rather than a stub's method: the
     # same operation, one coroutine less per request.
@@ -392,6 +416,20 @@ async def _expect(request: web.BaseRequest, expect: str) -> None:
         raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # the answer's own size starts after this line
+
+
+def _unauthorized(request: web.BaseRequest) -> web.Response:
+    text = (
+        "this gateway needs its token: send `Authorization: Bearer <token>` (a browser: any "
+        "user name, the token as password)"
+    )
+    body = {"error": "unauthorized", "message": text}
+    response = _respond(request, 401, text, body)
+    # Bearer for programs; Basic, so that a browser asks its person for the token. One
+    # challenge per header: browsers read no more than one from each.
+    response.headers.add("WWW-Authenticate", 'Bearer realm="counters"')
+    response.headers.add("WWW-Authenticate", 'Basic realm="counters", charset="UTF-8"')
+    return response
 
 
 async def _healthz(request: web.BaseRequest) -> web.StreamResponse:

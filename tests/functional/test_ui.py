@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import RawTestServer
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from counters import Namespace
+from gateway import Gateway
 
 from .conftest import gateway_server
 
@@ -88,5 +90,31 @@ async def test_the_page_lists_changes_and_follows_the_counters(
         assert (tmp_path / "ui.png").stat().st_size > 0
         assert errors == []
         await page.close()  # its stream ends with it
+    finally:
+        await server.close()
+
+
+async def test_the_page_works_behind_the_token(namespace: Namespace, browser: Browser) -> None:
+    await namespace.get_by_name("locked").increment(7)
+    token = "ui-token-0123456789"
+    server = RawTestServer(Gateway(namespace, auth_token=token).handle)
+    await server.start_server()
+    try:
+        # A person asked for the token by the browser (any user name, the token as password).
+        context = await browser.new_context(http_credentials={"username": "me", "password": token})
+        page = await context.new_page()
+        await page.goto(str(server.make_url("/ui?prefix=locked")))
+        row = page.locator('tr[data-name="locked"]')
+        await expect(row.locator(".count")).to_have_text("7")
+        await expect(page.locator("#status")).to_have_text("live")  # the stream got in too
+        await namespace.get_by_name("locked").increment()
+        await expect(row.locator(".count")).to_have_text("8", timeout=WITHIN)
+        await row.locator("button.increment").click()
+        await expect(row.locator(".count")).to_have_text("9", timeout=WITHIN)
+        await context.close()
+        anonymous = await browser.new_context()  # no token: the page itself is refused
+        response = await anonymous.request.get(str(server.make_url("/ui")))
+        assert response.status == 401
+        await anonymous.close()
     finally:
         await server.close()

@@ -32,6 +32,7 @@ def test_schema_check_is_real(config: dict[str, Any]) -> None:
 
 def test_every_node_runs_a_gateway_on_the_one_database(config: dict[str, Any]) -> None:
     assert config["provider"]["type"] == "local"
+    assert config["file_mounts"]["~/.counters-token"] == "~/.counters-token"
     setup = config["setup_commands"]
     assert any("pip install" in command and "counters" in command for command in setup)
     # The database's address is written in one place, and every gateway reads it from there.
@@ -45,5 +46,6 @@ def test_every_node_runs_a_gateway_on_the_one_database(config: dict[str, Any]) -
         assert len(gateway) == 1
         assert ". ~/counters.env" in gateway[0]
         assert "counters serve --address auto --host 0.0.0.0" in gateway[0]
+        assert "--auth-token-file ~/.counters-token" in gateway[0]  # no open door
         assert "--storage-dir" not in gateway[0]  # PostgreSQL: no node holds the data
         assert "--host-resource" not in gateway[0]  # hosts run on any node

@@ -94,3 +94,29 @@ def test_a_database_and_a_storage_dir_are_exclusive() -> None:
     settings = Settings.load(environ={"COUNTERS_DATABASE": "postgresql://u:pw@127.0.0.1/db"})
     assert "pw" not in settings.storage().describe()
     assert settings.storage().describe() == "PostgreSQL database user=u dbname=db host=127.0.0.1"
+
+
+def test_the_auth_token_comes_from_its_file(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("  abc-123_XYZ\n")
+    assert Settings.load(environ={}, auth_token_file=str(token)).auth_token() == "abc-123_XYZ"
+    assert Settings.load(environ={}).auth_token() is None
+    for bad in ("", "\n", "two words", "nön-ascii"):
+        token.write_text(bad)
+        with pytest.raises(ConfigError, match="must hold one token"):
+            Settings.load(environ={}, auth_token_file=str(token)).auth_token()
+    with pytest.raises(ConfigError, match="cannot read it"):
+        Settings.load(environ={}, auth_token_file=str(tmp_path / "missing")).auth_token()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_loopback_needs_no_token(host: str) -> None:
+    Settings.load(environ={}, host=host).refuse_open_door()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.1", "gateway.example"])
+def test_beyond_loopback_a_token_or_insecure_is_needed(host: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--auth-token-file"):
+        Settings.load(environ={}, host=host).refuse_open_door()
+    Settings.load(environ={}, host=host, insecure=True).refuse_open_door()
+    Settings.load(environ={}, host=host, auth_token_file=str(tmp_path / "t")).refuse_open_door()
