@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from .errors import InvalidAmount, OutOfBounds, VersionMismatch
+from .errors import OutOfBounds, VersionMismatch
 from .object_storage import ObjectStorage
 from .validation import check_amount, check_count
 
@@ -132,11 +132,10 @@ class Counter:
 
 
 def _bounded(count: int, floor: int | None, ceiling: int | None) -> int:
-    """`count` if it is within the bounds given, else OutOfBounds."""
+    """`count` if it is within the bounds given, else OutOfBounds (always, for a floor above
+    the ceiling: no count is within them)."""
     low = None if floor is None else check_amount(floor, "floor")
     high = None if ceiling is None else check_amount(ceiling, "ceiling")
-    if low is not None and high is not None and low > high:
-        raise InvalidAmount(f"floor {low} is above ceiling {high}")
     if (low is not None and count < low) or (high is not None and count > high):
         shown = f"[{'' if low is None else low}, {'' if high is None else high}]"
         raise OutOfBounds(f"the count would become {count}, outside {shown}; nothing was changed")

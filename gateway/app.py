@@ -10,6 +10,7 @@
                               in name order, a page at a time, and "next": the next page's cursor
     GET  /watch?name=A[&name=B...]   Server-Sent Events: each value now, then each change
     GET  /ui                  a page: counters by prefix, live, with + and - buttons
+    GET  /openapi.json        this API's contract, OpenAPI 3.1 (gateway/openapi.py)
     GET  /healthz             ok
     anything else             404 Not found
 
@@ -52,7 +53,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 from aiohttp import HttpVersion11, web
@@ -72,9 +73,10 @@ from counters.listing import DEFAULT_LIMIT
 from counters.operations import Operation, trimmed
 from counters.validation import parse_amount, parse_integer, validate_name
 
+from .openapi import openapi_json
 from .query import QueryParams
 
-__all__ = ["SERVER_LIMITS", "Gateway", "ServerLog"]
+__all__ = ["SERVER_LIMITS", "Gateway", "Route", "ServerLog"]
 
 NO_NAME = (
     "Select a Durable Object to contact by using"
@@ -85,8 +87,9 @@ CHANGE_METHODS = ("GET", "POST")
 FORM = "application/x-www-form-urlencoded"
 OP_ID = web.RequestKey("op_id", str)  # the operation id of a changing request
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
-_ETAG = re.compile(r'"([0-9]{1,19})"')
+_ETAG = re.compile(r'"([0-9]{1,19})"|([0-9]{1,19})')  # as we send it, or bare
 _VERSION = re.compile("[0-9]{1,19}")
+_LISTING = ("prefix", "after", "limit")  # the parameters of a listing
 _EVENT_STREAM = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
@@ -106,6 +109,11 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
+class Route(NamedTuple):
+    methods: tuple[str, ...]
+    handler: Handler
+
+
 class Gateway:
     """The gateway over `namespace`; the caller owns Ray and the namespace's lifetime.
 
@@ -117,18 +125,22 @@ class Gateway:
         self.namespace = namespace
         # Every request but /healthz must bear it, if set (`_authorized`).
         self._token = None if auth_token is None else auth_token.encode()
+        self._contract = openapi_json(token=auth_token is not None)
         self._watchers = 0  # /watch streams open or opening now
         self._streams: set[Watch] = set()  # the watches of those open
-        self._routes: dict[str, Handler] = {
-            "/": self._read,
-            "/increment": self._changer("add"),
-            "/decrement": self._changer("subtract"),
-            "/set": self._set,
-            "/delete": self._delete,
-            "/counters": self._read_many,
-            "/watch": self._watch,
-            "/ui": _page,
-            "/healthz": _healthz,
+        # Every route and its methods: what is served, and what /openapi.json must describe.
+        self.routes: dict[str, Route] = {
+            "/": Route(READ_METHODS, self._read),
+            "/increment": Route(CHANGE_METHODS, self._changer("add")),
+            "/decrement": Route(CHANGE_METHODS, self._changer("subtract")),
+            "/set": Route(("POST",), self._set),
+            "/delete": Route(("POST",), self._delete),
+            # POST: names in a form body, past a URL's size
+            "/counters": Route((*READ_METHODS, "POST"), self._read_many),
+            "/watch": Route(("GET",), self._watch),
+            "/ui": Route(READ_METHODS, _page),
+            "/openapi.json": Route(READ_METHODS, self._openapi),
+            "/healthz": Route(READ_METHODS, _healthz),
         }
 
     def server(self, **kwargs: Any) -> web.Server:
@@ -141,14 +153,19 @@ class Gateway:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one request: its route's answer, or our errors as responses."""
-        handler = self._routes.get(request.path, _not_found)
+        route = self.routes.get(request.path)
         if self._token is not None and request.path != "/healthz" and not self._authorized(request):
             return _unauthorized(request)
+        if route is None:
+            return _respond(
+                request, 404, "Not found", {"error": "not_found", "message": "Not found"}
+            )
         try:
+            _allow(request, route.methods)
             expect = request.headers.get("Expect")
             if expect is not None:
                 await _expect(request, expect)
-            return await handler(request)
+            return await route.handler(request)
         except CountersError as error:
             headers = {"Retry-After": "1"} if error.http_status in (503, 507) else {}
             if OP_ID in request:
@@ -192,6 +209,10 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def _openapi(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The API contract (`gateway/openapi.py`), as JSON whatever the Accept."""
+        return web.Response(body=self._contract, content_type="application/json")
+
     def _authorized(self, request: web.BaseRequest) -> bool:
         """Whether the request bears the token: ``Bearer <token>``, or as the password of
         ``Basic`` (what a browser sends for the page and its streams once asked), compared
@@ -214,14 +235,12 @@ class Gateway:
     # same operation, one coroutine less per request.
 
     async def _read(self, request: web.BaseRequest) -> web.StreamResponse:
-        _allow(request, READ_METHODS)
         name = _name(QueryParams(request.rel_url.raw_query_string))
         count, version = await self.namespace.call(Operation(name, "read"))
         return _count_response(request, name, count, version)
 
     def _changer(self, method: str) -> Handler:
         async def change(request: web.BaseRequest) -> web.StreamResponse:
-            _allow(request, CHANGE_METHODS)
             params = await _params(request)
             name = _name(params)
             amount_text = params.first("amount")
@@ -236,7 +255,6 @@ class Gateway:
         return change
 
     async def _set(self, request: web.BaseRequest) -> web.StreamResponse:
-        _allow(request, ("POST",))
         params = await _params(request)
         name = _name(params)
         value = _integer(params, "value")
@@ -245,7 +263,6 @@ class Gateway:
         return await self._replace(request, name, "set", value, trimmed(value, _if_match(request)))
 
     async def _delete(self, request: web.BaseRequest) -> web.StreamResponse:
-        _allow(request, ("POST",))
         name = _name(await _params(request))
         return await self._replace(request, name, "delete", 0, trimmed(_if_match(request)))
 
@@ -258,12 +275,17 @@ class Gateway:
         return _count_response(request, name, count, version, {"previous": previous})
 
     async def _read_many(self, request: web.BaseRequest) -> web.StreamResponse:
-        _allow(request, (*READ_METHODS, "POST"))  # POST: names in a form body, past a URL's size
         params = await _params(request)
+        unknown = params.names() - {"name", *_LISTING}
+        if unknown:  # a typo (`prefx`) would list every counter: say so instead
+            raise InvalidInput(
+                f"unknown parameter {sorted(unknown)[0]!r:.60}; /counters takes name (many "
+                "times), or prefix, after and limit"
+            )
         raw = params.all("name")
         if not raw:
             return await self._list(request, params)
-        listing = [key for key in ("prefix", "after", "limit") if params.first(key) is not None]
+        listing = [key for key in _LISTING if params.first(key) is not None]
         if listing:
             raise InvalidInput(f"name and {listing[0]} do not go together: list, or name counters")
         if len(raw) > MAX_NAMES:
@@ -304,13 +326,12 @@ class Gateway:
         separated (one name: its version), so that a browser reconnecting with
         ``Last-Event-ID`` gets only the names that changed meanwhile, at their latest value.
         """
-        _allow(request, ("GET",))
-        names = list(dict.fromkeys(QueryParams(request.rel_url.raw_query_string).all("name")))
-        if not names:
+        raw = QueryParams(request.rel_url.raw_query_string).all("name")
+        if not raw:
             raise InvalidName("name which counters to watch: /watch?name=A&name=B")
-        if len(names) > MAX_NAMES:
-            raise InvalidInput(f"at most {MAX_NAMES} names at once, not {len(names)}")
-        names = [validate_name(name) for name in names]
+        if len(raw) > MAX_NAMES:
+            raise InvalidInput(f"at most {MAX_NAMES} names at once, not {len(raw)}")
+        names = [validate_name(name) for name in dict.fromkeys(raw)]
         since = _last_event_id(request.headers.get("Last-Event-ID"), names)
         limit = self.namespace.settings.max_watchers
         if self._watchers >= limit:
@@ -433,7 +454,6 @@ def _unauthorized(request: web.BaseRequest) -> web.Response:
 
 
 async def _healthz(request: web.BaseRequest) -> web.StreamResponse:
-    _allow(request, READ_METHODS)
     return _respond(request, 200, "ok", {"status": "ok"})
 
 
@@ -450,24 +470,16 @@ _PAGE_HEADERS = {
 
 
 async def _page(request: web.BaseRequest) -> web.StreamResponse:
-    _allow(request, READ_METHODS)
     return web.Response(body=_PAGE, headers=_PAGE_HEADERS)
 
 
-async def _not_found(request: web.BaseRequest) -> web.StreamResponse:
-    return _respond(request, 404, "Not found", {"error": "not_found", "message": "Not found"})
-
-
 def _last_event_id(header: str | None, names: list[str]) -> dict[str, int]:
-    """The versions a resuming watcher had seen, from the id we gave its last event."""
-    if header is None:
-        return {}
-    parts = header.split(",")
+    """The versions a resuming watcher had seen, from the id we gave its last event. An id we
+    cannot have given (another stream's, a guess) resumes nothing: every value is sent, which
+    is never wrong, only more."""
+    parts = [] if header is None else header.split(",")
     if len(parts) != len(names) or not all(p == "" or _VERSION.fullmatch(p) for p in parts):
-        raise InvalidInput(
-            f"Last-Event-ID must be the id of an event of this stream (a version per name, "
-            f"comma separated), not {header!r:.60}"
-        )
+        return {}
     return {name: int(part) for name, part in zip(names, parts, strict=True) if part}
 
 
@@ -532,7 +544,7 @@ def _if_match(request: web.BaseRequest) -> int | None:
         raise InvalidInput(
             f'If-Match must be one ETag as we send them, like "7", not {header!r:.60}'
         )
-    return int(found.group(1))
+    return int(found.group(1) or found.group(2))
 
 
 def _error_code(error: web.HTTPException) -> str:

@@ -55,6 +55,12 @@ class QueryParams:
         raw = self._first.get(name)
         return None if raw is None else _unquote(raw, f"parameter {name!r}")
 
+    def names(self) -> set[str]:
+        """The names of every parameter given (those that decode)."""
+        self.first("")  # decodes every name once
+        assert self._first is not None
+        return set(self._first)
+
     def all(self, name: str) -> list[str]:
         """The decoded values of every parameter called `name`, in order (``getAll``)."""
         values = []
