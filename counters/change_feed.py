@@ -7,7 +7,12 @@ watcher never holds the writer.
 - Only watched names are published. A watching process first registers names (`watch`) and
   then reads their values: every change after the registration is in the feed, every change
   before it in the read, so nothing falls between the two. Registrations expire unless renewed
-  (each `wait` renews them), so a watcher that went away costs nothing after a minute.
+  (each `wait` renews them), so a watcher that went away costs nothing after a minute; one
+  that comes back after its registration expired (a stalled process) is told to resynchronise,
+  since changes went unpublished meanwhile.
+- One waiting call per watcher. Each watching process names itself (`watcher`); its newer call
+  answers its older one at once (empty), and `release` does so when it stops watching, so a
+  thread of the host never waits for a caller that has gone.
 - The feed is a numbered log of the last `capacity` changes. A watcher asks for the changes
   after the last number it saw. If those were dropped from the log, or the host is another
   incarnation (restarted: numbers start again), it is told to resynchronise (`None`): register
@@ -47,6 +52,7 @@ class ChangeFeed:
         self._last = 0
         self._log: deque[tuple[int, str, Any]] = deque(maxlen=capacity)
         self.watched: dict[str, float] = {}  # name -> until when it is watched (clock time)
+        self._calls: dict[str, int] = {}  # watcher -> number of its latest call
         self._closed = False
 
     def watch(self, names: Iterable[str]) -> tuple[str, int]:
@@ -64,22 +70,47 @@ class ChangeFeed:
             self._changed.notify_all()
 
     def wait(
-        self, incarnation: str | None, after: int, names: Iterable[str], timeout: float
+        self,
+        incarnation: str | None,
+        after: int,
+        names: Iterable[str],
+        timeout: float,
+        watcher: str = "",
     ) -> FeedAnswer:
         """The changes after number `after`, waiting up to `timeout` seconds for one; renews
         the registration of `names`. None for the changes: resynchronise (module doc)."""
+        names = list(names)
         with self._changed:
+            lapsed = any(name not in self.watched for name in names)
             self._renew(names)
             kept_from = self._log[0][0] if self._log else self._last + 1
-            if incarnation != self.incarnation or not kept_from - 1 <= after <= self._last:
+            if (
+                lapsed
+                or incarnation != self.incarnation
+                or not kept_from - 1 <= after <= self._last
+            ):
                 return self.incarnation, self._last, None
-            self._changed.wait_for(lambda: self._last > after or self._closed, timeout)
+            call = self._calls[watcher] = self._calls.get(watcher, 0) + 1
+            self._changed.notify_all()  # the watcher's older call, if any, answers now
+            self._changed.wait_for(
+                lambda: self._last > after or self._closed or self._calls.get(watcher) != call,
+                timeout,
+            )
+            if self._calls.get(watcher) == call:
+                del self._calls[watcher]
             if self._log and self._log[0][0] > after + 1:
                 return self.incarnation, self._last, None  # overtaken while waiting
             newest_first = itertools.islice(reversed(self._log), self._last - after)
             changes = [(name, value) for _, name, value in newest_first]
             changes.reverse()
             return self.incarnation, self._last, changes
+
+    def release(self, watcher: str) -> None:
+        """`watcher` stopped watching here: its waiting call, if any, answers now."""
+        with self._changed:
+            if watcher in self._calls:
+                self._calls[watcher] += 1
+                self._changed.notify_all()
 
     def expire(self) -> None:
         """Forget registrations that were not renewed in time."""

@@ -324,6 +324,10 @@ class Namespace:
             return channel.call(operations)
         return asyncio.ensure_future(self._send(host, operations))
 
+    def cached_handle(self, host: str) -> ActorHandle[Any] | None:
+        """The handle of `host` if this binding has one, without looking it up."""
+        return self._handles.get(host)
+
     async def handle_async(self, host: str) -> ActorHandle[Any]:
         """`handle`, from a coroutine: cached, or looked up (or created) on a thread."""
         handle = self._handles.get(host)

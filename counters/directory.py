@@ -109,18 +109,24 @@ class HostDirectory:
                 continue  # busy with a long call: not the one to stop
         if len(self._live) < self._cap:
             return
-        for _, host in sorted(idle, reverse=True):
-            handle, _ = asked[host]
-            try:
-                left = ray.get(handle.passivate_if_idle.remote(0.0), timeout=_ASK_TIMEOUT)
-            except RayActorError:
-                left = True  # it exited during the call, as asked
-            except GetTimeoutError:
-                left = False
-            if left:
-                self._forget(host)
-                if len(self._live) < self._cap:
-                    return
+        # Idle hosts nobody watches first; then watched ones, whose watchers come back to a
+        # new host: watching must not make every other counter unavailable.
+        for watched_too in (False, True):
+            for _, host in sorted(idle, reverse=True):
+                if host not in self._live:
+                    continue
+                handle, _ = asked[host]
+                try:
+                    call = handle.passivate_if_idle.remote(0.0, watched_too)
+                    left = ray.get(call, timeout=_ASK_TIMEOUT)
+                except RayActorError:
+                    left = True  # it exited during the call, as asked
+                except GetTimeoutError:
+                    left = False
+                if left:
+                    self._forget(host)
+                    if len(self._live) < self._cap:
+                        return
         raise Overloaded(
             f"{len(self._live)} per-name hosts are live (--max-actors-per-node) and none "
             "would stop; retry shortly"

@@ -71,11 +71,13 @@ def host_actor_class(object_class: type) -> ActorClass[Any]:
     )
     remote: Any = ray.remote  # its typed overloads do not name concurrency_groups
     return cast(
-        ActorClass[Any], remote(concurrency_groups={WATCH_GROUP: WATCH_THREADS})(host_class)
+        ActorClass[Any],
+        remote(concurrency_groups={WATCH_GROUP: WATCH_THREADS, WATCH_SETUP_GROUP: 2})(host_class),
     )
 
 
 WATCH_GROUP = "watch"
+WATCH_SETUP_GROUP = "watch-setup"  # registrations: quick, never behind the waiting calls
 # Threads of a host that watchers wait on: one per watching process (a gateway, a client) at
 # once; more wait their turn.
 WATCH_THREADS = 32
@@ -133,17 +135,25 @@ class _RayHost(ObjectHost):
             if per_name and self.idle_for() > idle:
                 self._handle.passivate_if_idle.remote(idle)
 
-    @ray.method(concurrency_group=WATCH_GROUP)
+    @ray.method(concurrency_group=WATCH_SETUP_GROUP)
     def watch(self, names: list[str]) -> tuple[str, int]:
         """Tell the caller about changes of `names` from now on (`change_feed.py`); on a
         thread of its own, never the writer's."""
         return self.feed.watch(names)
 
     @ray.method(concurrency_group=WATCH_GROUP)
-    def changes(self, incarnation: str | None, after: int, names: list[str]) -> FeedAnswer:
+    def changes(
+        self, incarnation: str | None, after: int, names: list[str], watcher: str = ""
+    ) -> FeedAnswer:
         """The changes after number `after`, once there is one or after a while; renews the
-        registration of `names`. On a thread of its own: waiting never holds the writer."""
-        return self.feed.wait(incarnation, after, names, WATCH_WAIT)
+        registration of `names`. On a thread of its own: waiting never holds the writer. A
+        newer call of the same `watcher` answers this one at once."""
+        return self.feed.wait(incarnation, after, names, WATCH_WAIT, watcher)
+
+    @ray.method(concurrency_group=WATCH_SETUP_GROUP)
+    def release(self, watcher: str) -> None:
+        """`watcher` stopped watching this host: its waiting call answers now."""
+        self.feed.release(watcher)
 
     def _leave(self) -> None:
         self.feed.close()
@@ -181,16 +191,17 @@ class _RayHost(ObjectHost):
                 self._channel = ChannelServer(self.node_id(), self._apply_from_channel)
             return self._channel.address
 
-    def passivate_if_idle(self, idle_seconds: float) -> bool:
-        """Exit for good (no restart) if no batch came for `idle_seconds`; False if busy or
-        watched.
+    def passivate_if_idle(self, idle_seconds: float, watched_too: bool = False) -> bool:
+        """Exit for good (no restart) if no batch came for `idle_seconds`; False if busy, or
+        watched unless `watched_too` (the directory, out of room: its watchers resynchronise
+        with the host that replaces it).
 
         Ray runs this between batches, so no call is cut short. Calls queued behind it fail
         with ActorDiedError, and channel batches are refused from here on; the client retries
         them on a new actor, which loads from disk.
         """
         with self._serial:
-            if self.idle_for() < idle_seconds or self.feed.watched:
+            if self.idle_for() < idle_seconds or (self.feed.watched and not watched_too):
                 return False  # busy, or watched: a watcher waits on this process
             self._exiting = True  # no batch after this: a successor may start at once
             if self._channel is not None:

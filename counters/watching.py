@@ -23,13 +23,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ray.exceptions import RayActorError
 
 from .change_feed import FeedAnswer
-from .errors import CountersError, WatcherDropped
+from .errors import CountersError, HostUnavailable, WatcherDropped
 from .runtime import WATCH_WAIT
 from .values import CounterValue
 
@@ -58,7 +60,8 @@ class Watch:
         self.seen: dict[str, int] = dict(since)
         self._offered: dict[str, int] = dict(since)
         self._hub = hub
-        self._backlog = backlog
+        # Room for the first value of every name, and `backlog` changes beyond.
+        self._backlog = backlog + len(self.names)
         self._values: asyncio.Queue[CounterValue | None] = asyncio.Queue()
         self.dropped = False
         self.closed = False
@@ -92,7 +95,8 @@ class Watch:
             if not self.dropped:
                 raise StopAsyncIteration
             raise WatcherDropped(
-                f"this watcher fell more than {self._backlog} changes behind and was dropped; "
+                f"this watcher fell more than {self._backlog - len(self.names)} changes behind "
+                "and was dropped; "
                 "watch again to resume from the latest values"
             )
         self.seen[value.name] = value.version
@@ -117,6 +121,7 @@ class WatchHub:
     def __init__(self, namespace: Namespace) -> None:
         self.namespace = namespace
         self.loop = asyncio.get_running_loop()
+        self.id = secrets.token_hex(8)  # how hosts tell this process's calls from others'
         self._watches: dict[str, set[Watch]] = {}  # name -> its watches
         self._names: dict[str, set[str]] = {}  # host -> names watched on it
         self._pollers: dict[str, asyncio.Task[None]] = {}  # host -> its poller
@@ -183,12 +188,36 @@ class WatchHub:
             poller.cancel()
 
     async def _register(self, host: str, names: list[str]) -> tuple[str, int]:
-        handle = await self.namespace.handle_async(host)
-        answer: tuple[str, int] = await asyncio.wait_for(handle.watch.remote(names), _CALL_TIMEOUT)
-        return answer
+        """Register `names` with `host`, which may have to start again first (a per-name host
+        that passivated): tried until the deadline, like any call."""
+        give_up = time.monotonic() + self.namespace.settings.deadline
+        backoff = _FIRST_BACKOFF
+        while True:
+            handle = await self.namespace.handle_async(host)
+            try:
+                answer: tuple[str, int] = await asyncio.wait_for(
+                    handle.watch.remote(names), _CALL_TIMEOUT
+                )
+                return answer
+            except (RayActorError, TimeoutError) as error:
+                if isinstance(error, RayActorError):
+                    self.namespace.lost(host, error)
+                if time.monotonic() + backoff >= give_up:
+                    raise HostUnavailable(f"host {host} did not answer: {error!r:.200}") from None
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(2 * backoff, _MAX_BACKOFF)
 
     async def _poll(self, host: str) -> None:
         """Follow `host`'s feed while any of its names is watched here (module doc)."""
+        try:
+            await self._follow(host)
+        finally:
+            # Its waiting call, if any, need not wait out its time on the host's thread.
+            handle = self.namespace.cached_handle(host)
+            if handle is not None:
+                handle.release.remote(self.id)
+
+    async def _follow(self, host: str) -> None:
         incarnation: str | None = None
         last = 0
         backoff = _FIRST_BACKOFF
@@ -200,7 +229,7 @@ class WatchHub:
                     self.offer(await self.namespace.get_many(names))
                 handle = await self.namespace.handle_async(host)
                 answer: FeedAnswer = await asyncio.wait_for(
-                    handle.changes.remote(incarnation, last, names), _CALL_TIMEOUT
+                    handle.changes.remote(incarnation, last, names, self.id), _CALL_TIMEOUT
                 )
             except asyncio.CancelledError:
                 raise

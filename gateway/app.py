@@ -182,7 +182,9 @@ class Gateway:
         except Exception:  # a bug of ours: still an answer in our form, and the key to retry with
             log.exception("%s %s failed", request.method, request.path_qs)
             headers = {"Idempotency-Key": request[OP_ID]} if OP_ID in request else {}
-            text = "internal error; a change may or may not have been applied"
+            text = "internal error"
+            if OP_ID in request:
+                text += "; the change may or may not have been applied"
             return _respond(request, 500, text, {"error": "internal", "message": text}, headers)
 
     @contextlib.asynccontextmanager
@@ -346,16 +348,26 @@ class Gateway:
                 try:
                     response = web.StreamResponse(headers=_EVENT_STREAM)
                     await response.prepare(request)
-                    with contextlib.suppress(WatcherDropped, ConnectionError, TimeoutError):
-                        # A consumer too slow to take the changes is dropped (WatcherDropped,
-                        # or a write that cannot finish): the browser resumes with
-                        # Last-Event-ID.
+                    try:
                         await _stream(request, response, watch, names)
+                    except (WatcherDropped, TimeoutError):
+                        # Too slow to take the changes (they piled up, or a write could not
+                        # finish): dropped, its connection and whatever it buffers with it.
+                        # A browser resumes with Last-Event-ID.
+                        if request.transport is not None:
+                            request.transport.abort()
+                    except ConnectionError:
+                        pass  # gone
                     return response
                 finally:
                     self._streams.discard(watch)
         finally:
             self._watchers -= 1
+
+    @property
+    def streams(self) -> int:
+        """/watch streams open (or opening) now."""
+        return self._watchers
 
     def close_streams(self) -> None:
         """End every /watch stream (the gateway stops: they would never end by themselves);

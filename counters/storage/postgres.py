@@ -447,8 +447,14 @@ def _connect(dsn: str) -> psycopg.Connection[Any]:
         # Every query here has an index made for it. A table that grew faster than autovacuum
         # analyzes it looks small to the planner, which then scans it whole (a batch's id
         # look-up took 2 ms at ten thousand ids, and grows with the table): never scan.
+        # Text as UTF-8 whatever the server's encoding: on a SQL_ASCII database, psycopg
+        # would hand back bytes, and a host would not find its own counters.
         return psycopg.connect(
-            dsn, autocommit=True, connect_timeout=5, options="-c enable_seqscan=off"
+            dsn,
+            autocommit=True,
+            connect_timeout=5,
+            client_encoding="utf8",
+            options="-c enable_seqscan=off",
         )
 
 

@@ -216,7 +216,9 @@ _NEXT_ROWS = (
 
 def _file_rows(path: Path, prefix: str, after: str) -> Iterator[Row]:
     """One host file's rows for a scan, read-only (SQLite orders text by its UTF-8 bytes,
-    which is code point order, as Python's)."""
+    which is code point order, as Python's). A file whose rows fit one query is closed before
+    its first row is yielded: a per-name dir has a file per counter, and a scan reads them all
+    at once, so none may stay open."""
     try:
         db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
     except sqlite3.Error as error:
@@ -235,7 +237,14 @@ def _file_rows(path: Path, prefix: str, after: str) -> Iterator[Row]:
             raise StorageFailed(f"cannot read {path}: {error}") from None
 
     try:
-        yield from scan_rows(fetch, prefix)
+        first = fetch(None)
+        if len(first) < SCAN_BATCH:
+            db.close()
+            yield from scan_rows(lambda position: [] if position else first, prefix)
+            return
+        yield from scan_rows(
+            lambda position: first if position is None else fetch(position), prefix
+        )
     finally:
         db.close()
 

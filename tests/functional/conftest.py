@@ -80,7 +80,7 @@ def namespace(make_namespace: NamespaceFactory, placement: Placement) -> Namespa
     return make_namespace(placement)
 
 
-class _GatewayTestServer(RawTestServer):
+class GatewayTestServer(RawTestServer):
     """aiohttp's test server with the gateway's limits, as `Gateway.server` sets them."""
 
     async def _make_runner(self, debug: bool = True, **kwargs: Any) -> ServerRunner:
@@ -89,7 +89,7 @@ class _GatewayTestServer(RawTestServer):
 
 def gateway_server(namespace: Namespace) -> RawTestServer:
     """The real gateway over `namespace`, as `counters serve` runs it, on a loopback port."""
-    return _GatewayTestServer(Gateway(namespace).handle)
+    return GatewayTestServer(Gateway(namespace).handle)
 
 
 @pytest.fixture

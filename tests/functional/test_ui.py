@@ -15,9 +15,10 @@ from aiohttp.test_utils import RawTestServer
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from counters import Namespace
+from counters.placement import Placement
 from gateway import Gateway
 
-from .conftest import gateway_server
+from .conftest import NamespaceFactory, gateway_server
 
 WITHIN = 1000  # ms: the issue's "within a second" for a click; changes from elsewhere alike
 
@@ -116,5 +117,36 @@ async def test_the_page_works_behind_the_token(namespace: Namespace, browser: Br
         response = await anonymous.request.get(str(server.make_url("/ui")))
         assert response.status == 401
         await anonymous.close()
+    finally:
+        await server.close()
+
+
+async def test_many_long_names_stay_live(
+    make_namespace: NamespaceFactory, browser: Browser
+) -> None:
+    """More names than one stream's address can carry: the page watches them in several.
+    (Sharded: forty per-name hosts would start slower than the test's deadline.)"""
+    namespace = make_namespace(Placement.SHARDED)
+    names = [f"long:{i:02d}:" + "x" * 1000 for i in range(40)]  # 40 KB of names
+    await asyncio.gather(*(namespace.get_by_name(name).increment() for name in names))
+    server = gateway_server(namespace)
+    await server.start_server()
+    try:
+        page = await browser.new_page()
+        await page.goto(str(server.make_url("/ui?prefix=long:")))
+        await expect(page.locator("#rows tr")).to_have_count(40)
+        await expect(page.locator("#status")).to_have_text("live")
+        for name in (names[0], names[-1]):  # in the first stream, and in the last
+            await namespace.get_by_name(name).increment(5)
+            row = page.locator(f'tr[data-name="{name}"]')
+            await expect(row.locator(".count")).to_have_text("6", timeout=WITHIN)
+        await expect(page.locator("#error")).to_have_text("")
+        await page.fill("#new-name", "long:new")  # a counter made on the page is live too
+        await page.click("#create")
+        new = page.locator('tr[data-name="long:new"]')
+        await expect(new.locator(".count")).to_have_text("1", timeout=WITHIN)
+        await namespace.get_by_name("long:new").increment(2)
+        await expect(new.locator(".count")).to_have_text("3", timeout=WITHIN)
+        await page.close()
     finally:
         await server.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -15,8 +16,9 @@ from aiohttp.test_utils import TestClient
 from counters import CounterValue, Namespace, WatcherDropped
 from counters.operations import Operation
 from counters.placement import Placement
+from gateway import Gateway
 
-from .conftest import NamespaceFactory, gateway_server
+from .conftest import GatewayTestServer, NamespaceFactory, gateway_server
 
 Client = TestClient[Any, Any]
 WITHIN = 10.0  # seconds an expected event may take on a loaded CI machine
@@ -133,7 +135,7 @@ async def test_waiting_watchers_never_hold_the_writer(namespace: Namespace) -> N
     await stub.increment()
     host = ray.get_actor(namespace.host_for("W"), namespace=namespace.settings.namespace)
     incarnation, last = await host.watch.remote(["W"])
-    waiting = [host.changes.remote(incarnation, last, ["W"]) for _ in range(5)]
+    waiting = [host.changes.remote(incarnation, last, ["W"], f"process-{i}") for i in range(5)]
     await asyncio.sleep(0.2)
     for _ in range(10):  # each a batch of its own through the writer, while they wait
         await host.apply.remote((Operation("other", "increment", (1,), None),))
@@ -153,7 +155,8 @@ async def test_a_slow_watcher_is_dropped_not_buffered(make_namespace: NamespaceF
         taken: list[CounterValue] = []
         with pytest.raises(WatcherDropped):
             await take_all(watch, taken)
-        assert [value.version for value in taken] == [0, 1, 2, 3, 4]  # then it was let go
+        # The first value, then 5 changes (the backlog), then it was let go.
+        assert [value.version for value in taken] == [0, 1, 2, 3, 4, 5]
     async with await namespace.watching(["S"]) as watch:  # resumes from the latest value
         assert await asyncio.wait_for(anext(watch), WITHIN) == CounterValue("S", 8, 8)
 
@@ -180,3 +183,56 @@ async def test_a_gateway_serves_max_watchers_then_503(
                 return
         await asyncio.sleep(0.2)
     pytest.fail("the slot of a watcher that left was never freed")
+
+
+async def test_a_reader_that_never_reads_loses_its_connection(
+    make_namespace: NamespaceFactory,
+) -> None:
+    """Dropped for being slow, its connection goes too: a peer cannot hold the gateway's
+    memory (what it would have buffered) once its slot is free."""
+    namespace = make_namespace(max_watch_backlog=20)
+    name = "n" * 1000  # big events fill the socket's buffers soon
+    await namespace.get_by_name(name).increment()
+    gateway = Gateway(namespace)
+    server = GatewayTestServer(gateway.handle)
+    await server.start_server()
+    peer = socket.socket()
+    try:
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        peer.connect(("127.0.0.1", server.port or 0))
+        peer.sendall(f"GET /watch?name={name} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        for _ in range(60):  # changes it never reads, until it falls behind and is dropped
+            await asyncio.gather(
+                *(namespace.call(Operation(name, "add", (1,))) for _ in range(500))
+            )
+            if gateway.streams == 0:
+                break
+            await asyncio.sleep(0.5)
+        assert gateway.streams == 0
+
+        def until_closed() -> bool:
+            peer.settimeout(10)
+            try:
+                while peer.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+            return True
+
+        assert await asyncio.to_thread(until_closed)  # the gateway closed it, data and all
+    finally:
+        peer.close()
+        await server.close()
+
+
+async def test_watching_never_makes_other_per_name_counters_unavailable(
+    make_namespace: NamespaceFactory,
+) -> None:
+    namespace = make_namespace(Placement.PER_NAME, max_actors_per_node=2)
+    async with await namespace.watching(["A", "B"]) as watch:  # every host the cap allows
+        assert {(await next_value(watch)).name for _ in range(2)} == {"A", "B"}
+        assert await namespace.get_by_name("C").increment() == 1  # room made: a watched one left
+        await namespace.get_by_name("A").increment(5)
+        await namespace.get_by_name("B").increment(7)
+        seen = {value.name: value for value in [await next_value(watch) for _ in range(2)]}
+        assert seen == {"A": CounterValue("A", 5, 1), "B": CounterValue("B", 7, 1)}

@@ -79,3 +79,41 @@ def test_registrations_expire_unless_renewed() -> None:
     now[0] = 111
     feed.expire()
     assert feed.watched == {}
+
+
+def test_a_watcher_whose_registration_lapsed_resynchronises() -> None:
+    now = [0.0]
+    feed = ChangeFeed(registration=60, clock=lambda: now[0])
+    incarnation, _ = feed.watch(["A"])
+    now[0] = 75  # the watcher's process stalled
+    feed.expire()
+    feed.publish([])  # a change of A now would not be published: A is not watched
+    assert feed.wait(incarnation, 0, ["A"], 0) == (incarnation, 0, None)
+    assert feed.wait(incarnation, 0, ["A"], 0) == (incarnation, 0, [])  # registered again
+
+
+def test_a_watchers_newer_call_or_its_release_answers_its_older_one() -> None:
+    feed = ChangeFeed()
+    incarnation, _ = feed.watch(["A"])
+    answers: list[object] = []
+
+    def wait(watcher: str) -> None:
+        answers.append((watcher, feed.wait(incarnation, 0, ["A"], 30, watcher)))
+
+    first = threading.Thread(target=wait, args=("gateway-1",))
+    first.start()
+    time.sleep(0.05)
+    other = threading.Thread(target=wait, args=("gateway-2",))  # another watcher: no effect
+    other.start()
+    time.sleep(0.05)
+    assert answers == []
+    second = threading.Thread(target=wait, args=("gateway-1",))
+    second.start()
+    first.join(timeout=5)
+    assert answers == [("gateway-1", (incarnation, 0, []))]  # the older call, at once
+    feed.release("gateway-1")
+    second.join(timeout=5)
+    assert len(answers) == 2
+    assert other.is_alive()  # still waiting for a change
+    feed.close()
+    other.join(timeout=5)

@@ -3,19 +3,24 @@ time, on each backend (PostgreSQL's test databases sort text as people read it).
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from counters.counter import Counter
 from counters.errors import InvalidInput
 from counters.host import ObjectHost
-from counters.listing import MAX_LIMIT, Page, list_page
+from counters.listing import MAX_LIMIT, Page, list_page, page_of
 from counters.operations import Operation
 from counters.placement import Layout, Placement
 from counters.storage import Storage, StorageDir
 from counters.storage.interface import SCAN_BATCH
+from counters.storage.postgres import PostgresStorage
+from counters.testing import PostgresServer
 
 NAMES = ["a", "b", "B", "é", "Z", "f", "user:1", "user:2", "user:10", "user:é", "users", "ü"]
 
@@ -146,3 +151,54 @@ def test_bad_listing_parameters_are_refused(
 ) -> None:
     with pytest.raises(InvalidInput):
         list_page(StorageDir(tmp_path), Counter, prefix, after, limit)
+
+
+def test_a_sql_ascii_database_keeps_and_lists_names_of_any_script(
+    postgres_server: PostgresServer,
+) -> None:
+    name = f"sql_ascii_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_server.dsn(), autocommit=True) as db:
+        db.execute(
+            f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
+            "TEMPLATE template0"
+        )
+    storage = PostgresStorage(postgres_server.dsn(name))
+    layout = Layout("Counter", Placement.SHARDED, 1)
+    host = ObjectHost(Counter, layout.host_for("x"), storage, layout)
+    host.call("café", "increment", 5, op_id="one")
+    host.call("名前", "increment", 2, op_id="two")
+    host.close()
+    again = ObjectHost(Counter, layout.host_for("x"), storage, layout)  # from the database
+    try:
+        assert again.call("café", "read") == [5, 1]
+        assert again.call("café", "increment", 5, op_id="one") == 5  # its id found: once
+        assert list_page(storage, Counter) == Page([("café", [5, 1]), ("名前", [2, 1])], None)
+    finally:
+        again.close()
+
+
+def test_a_page_reads_a_bounded_number_of_deleted_counters() -> None:
+    stored = [(f"d{i:03d}", {"count": "[null,2]"}) for i in range(25)]  # deleted
+    stored.append(("live", {"count": "[4,1]"}))
+    first = page_of(iter(stored), Counter, limit=10, max_read=10)
+    assert first == Page([], "d009")  # short, even empty: the cursor goes on
+    pages = [first]
+    while pages[-1].next is not None:
+        after = pages[-1].next
+        rest = iter([item for item in stored if item[0] > after])
+        pages.append(page_of(rest, Counter, limit=10, max_read=10))
+    assert [item for page in pages for item in page.items] == [("live", [4, 1])]
+
+
+def test_a_per_name_scan_holds_no_file_open(tmp_path: Path) -> None:
+    layout = Layout("Counter", Placement.PER_NAME, 1)
+    storage = StorageDir(tmp_path / "storage")
+    for i in range(200):  # a file per counter
+        host = ObjectHost(Counter, layout.host_for(f"n{i:03d}"), storage, layout)
+        host.call(f"n{i:03d}", "increment", 1, op_id="x")
+        host.close()
+    before = len(os.listdir("/proc/self/fd"))
+    objects = storage.scan("", "")
+    assert next(objects)[0] == "n000"  # every file read once, to merge them
+    assert len(os.listdir("/proc/self/fd")) - before < 5
+    objects.close()
