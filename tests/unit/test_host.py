@@ -146,13 +146,19 @@ def test_a_bug_in_an_object_fails_the_operation_not_the_host(tmp_path: Path) -> 
     assert values(outcomes)[1] is None
 
 
-def test_a_failed_commit_acknowledges_nothing_and_recovers(tmp_path: Path) -> None:
-    host = make_host(tmp_path)
-    host.call("A", "increment", 5)
+def full_file(host: ObjectHost) -> SqliteStore:
+    """The host's SQLite file, kept from growing: a big enough commit fails, as on a full disk."""
     store = host._store
     assert isinstance(store, SqliteStore)
     pages = store._db.execute("PRAGMA page_count").fetchone()[0]
     store._db.execute(f"PRAGMA max_page_count={pages}")
+    return store
+
+
+def test_a_failed_commit_acknowledges_nothing_and_recovers(tmp_path: Path) -> None:
+    host = make_host(tmp_path)
+    host.call("A", "increment", 5)
+    store = full_file(host)
     batch = [Operation(f"n{i}", "increment", (1,)) for i in range(3000)]
     batch += [Operation("A", "increment", (1,)), Operation("A", "get_counter_value")]
     outcomes = host.apply(batch)
@@ -468,10 +474,7 @@ def test_a_batch_that_was_not_stored_tells_watchers_nothing(tmp_path: Path) -> N
     host = make_host(tmp_path)
     incarnation, _ = host.feed.watch(["A"])
     host.call("A", "increment", 5)
-    store = host._store
-    assert isinstance(store, SqliteStore)
-    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
-    store._db.execute(f"PRAGMA max_page_count={pages}")
+    full_file(host)
     batch = [Operation(f"n{i}", "increment", (1,)) for i in range(3000)]
     outcomes = host.apply([*batch, Operation("A", "increment", (1,))])
     assert {type(o.error) for o in outcomes} == {StorageFull}
