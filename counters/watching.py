@@ -142,12 +142,16 @@ class WatchHub:
                 host = self.namespace.host_for(name)
                 new.setdefault(host, []).append(name)
                 self._names.setdefault(host, set()).add(name)
-                if host not in self._pollers:
-                    self._pollers[host] = asyncio.create_task(self._poll(host))
             self._watches.setdefault(name, set()).add(watch)
         try:
-            # Registered before read: a change after the read is in the host's feed.
-            await asyncio.gather(*(self._register(host, hosted) for host, hosted in new.items()))
+            # Registered before read: a change after the read is in the host's feed, and a
+            # new poller follows the feed from the registration on (not from a later one of
+            # its own, which would fold the changes in between into one).
+            hosts = list(new)
+            starts = await asyncio.gather(*(self._register(host, new[host]) for host in hosts))
+            for host, start in zip(hosts, starts, strict=True):
+                if host not in self._pollers and self._names.get(host):
+                    self._pollers[host] = asyncio.create_task(self._poll(host, start))
             values = await self.namespace.get_many(watch.names)
         except BaseException:
             watch.close()
@@ -207,19 +211,20 @@ class WatchHub:
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(2 * backoff, _MAX_BACKOFF)
 
-    async def _poll(self, host: str) -> None:
-        """Follow `host`'s feed while any of its names is watched here (module doc)."""
+    async def _poll(self, host: str, start: tuple[str, int]) -> None:
+        """Follow `host`'s feed from `start` (incarnation, number) while any of its names is
+        watched here (module doc)."""
         try:
-            await self._follow(host)
+            await self._follow(host, start)
         finally:
             # Its waiting call, if any, need not wait out its time on the host's thread.
             handle = self.namespace.cached_handle(host)
             if handle is not None:
                 handle.release.remote(self.id)
 
-    async def _follow(self, host: str) -> None:
-        incarnation: str | None = None
-        last = 0
+    async def _follow(self, host: str, start: tuple[str, int]) -> None:
+        incarnation: str | None
+        incarnation, last = start
         backoff = _FIRST_BACKOFF
         while self._names.get(host):
             names = sorted(self._names[host])
