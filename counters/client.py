@@ -59,6 +59,7 @@ from .errors import (
     Overloaded,
 )
 from .listing import DEFAULT_LIMIT, Page, check_page, list_page
+from .metrics import client_metrics, host_label
 from .op_ids import new_op_id
 from .operations import Operation, Outcome, Results, trimmed
 from .placement import Layout, Placement
@@ -268,6 +269,7 @@ class Namespace:
                         self.object_class, host, self.settings, self.layout, self.service
                     )
                 except Overloaded:
+                    client_metrics().refused.inc(1, {"host": host_label(self.layout, host)})
                     raise
                 except Exception as error:
                     raise HostUnavailable(f"cannot reach or create host {host}: {error}") from None
@@ -415,6 +417,16 @@ class Namespace:
                 self._last_used.pop(host, None)
                 self._forget_placement(host)
 
+    def record_queued(self) -> None:
+        """Record how many operations wait for each host now (a gateway does each second)."""
+        waiting = {"per-name": 0} if self.layout.placement is Placement.PER_NAME else {}
+        for host, lane in list(self._lanes.items()):
+            label = host_label(self.layout, host)
+            waiting[label] = waiting.get(label, 0) + lane.waiting
+        gauge = client_metrics().queued
+        for label, count in waiting.items():
+            gauge.set(count, {"host": label})
+
     def lost(self, host: str, error: RayActorError) -> CountersError:
         """`host` failed during a call: forget its handle if it is gone for good; the error
         for the call, which may or may not have been applied."""
@@ -500,11 +512,13 @@ class _Lane:
         # Callers whose operation was with a host that failed: at their deadline they learn
         # that its outcome is unknown. Empty but after a failure, so free on the hot path.
         self._unknown: dict[asyncio.Future[Any], CountersError] = {}
+        self._tags = {"host": host_label(namespace.layout, host)}  # for metrics
 
     def submit(self, operation: Operation) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = self.loop.create_future()
         waiting = self._waiting
         if len(waiting) >= self._max_queue:
+            client_metrics().refused.inc(1, self._tags)
             future.set_exception(
                 Overloaded(
                     f"{len(waiting)} operations already wait for host {self.host}; retry shortly"
@@ -521,6 +535,11 @@ class _Lane:
     def idle(self) -> bool:
         """Nothing waits and no call is in flight."""
         return not self._waiting and self._senders == 0
+
+    @property
+    def waiting(self) -> int:
+        """Operations waiting to leave."""
+        return len(self._waiting)
 
     def _pipelined(self) -> bool:
         return len(self._waiting) >= self._pipeline_at
@@ -622,6 +641,7 @@ class _Lane:
                 failure = error if unknown or previous is None else previous
                 future.set_exception(self.namespace.gave_up(operation, failure))
         if again:
+            client_metrics().resent.inc(len(again), self._tags)
             await asyncio.sleep(backoff)
             # Back in submission order among the others waiting, which may include another
             # batch that came back before this older one (a stable sort of two sorted runs).

@@ -54,6 +54,7 @@ from .errors import (
     StorageFailed,
     UnknownMethod,
 )
+from .metrics import NO_HOST_METRICS, HostMetrics
 from .object_storage import ObjectStorage, decode_value, encode_value
 from .operations import Operation, Outcome
 from .placement import Layout
@@ -91,12 +92,14 @@ class ObjectHost:
         config: HostConfig | None = None,
         clock: Callable[[], float] = time.time,
         service: ServiceId | None = None,
+        metrics: HostMetrics = NO_HOST_METRICS,
     ) -> None:
         self.object_class = object_class
         self.host_name = host_name
         self.layout = layout
         self.config = config or HostConfig()
         self._clock = clock
+        self._metrics = metrics
         # A path is the SQLite backend's storage dir, as tests and tools build hosts.
         self._storage = StorageDir(Path(storage)) if isinstance(storage, str) else storage
         self._store: HostStore | None = None
@@ -207,7 +210,9 @@ class ObjectHost:
                     self._fence(error)
                 return tuple(Outcome(error=error) for _ in operations)
             self._cap_objects()
+            self._metrics.batch(len(operations), None)
             return tuple(outcomes)
+        started = time.perf_counter()
         try:
             store.write(
                 changes=(
@@ -237,6 +242,7 @@ class ObjectHost:
             return tuple(Outcome(error=error) for _ in operations)
         for active in touched.values():
             active.storage.commit()
+        self._metrics.batch(len(operations), time.perf_counter() - started)
         if self._watched_changes:
             self.feed.publish(self._watched_changes)
         self._cap_objects()
@@ -263,6 +269,7 @@ class ObjectHost:
             del self._objects[name]
             dropped += 1
         self._passivated += dropped
+        self._metrics.objects(len(self._objects), dropped)
         return dropped
 
     def forget_expired_ids(self) -> int:
@@ -384,6 +391,8 @@ class ObjectHost:
     def _fence(self, error: Fenced) -> None:
         """A newer writer owns the file: forget everything, write nothing ever again."""
         self.fenced = error
+        self._metrics.fenced()
+        self._metrics.objects(0, len(self._objects))
         self._objects.clear()
         self.close()
 

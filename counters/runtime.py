@@ -37,6 +37,7 @@ from .directory import HostDirectory, directory_name
 from .errors import ConfigError, CountersError
 from .group_commit import GroupCommit
 from .host import HostConfig, ObjectHost
+from .metrics import RayHostMetrics, host_label
 from .operations import Operation, Outcome
 from .placement import Layout, Placement, default_shards
 from .settings import Settings
@@ -94,6 +95,7 @@ class _RayHost(ObjectHost):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._metrics = RayHostMetrics(host_label(self.layout, self.host_name))
         self._serial = threading.RLock()  # apply may sweep, which takes it too
         self._exiting = False
         self._channel: ChannelServer | None = None
@@ -204,6 +206,7 @@ class _RayHost(ObjectHost):
             if self.idle_for() < idle_seconds or (self.feed.watched and not watched_too):
                 return False  # busy, or watched: a watcher waits on this process
             self._exiting = True  # no batch after this: a successor may start at once
+            self._metrics.objects(0, len(self._objects))
             if self._channel is not None:
                 self._channel.close()
             self.close()  # the successor need not wait for this process to end

@@ -11,6 +11,7 @@
     GET  /watch?name=A[&name=B...]   Server-Sent Events: each value now, then each change
     GET  /ui                  a page: counters by prefix, live, with + and - buttons
     GET  /openapi.json        this API's contract, OpenAPI 3.1 (gateway/openapi.py)
+    GET  /metrics             this process's own series, for Prometheus (gateway/process_metrics.py)
     GET  /healthz             ok
     anything else             404 Not found
 
@@ -70,10 +71,12 @@ from counters.errors import (
     WatcherDropped,
 )
 from counters.listing import DEFAULT_LIMIT
+from counters.metrics import gateway_metrics
 from counters.operations import Operation, trimmed
 from counters.validation import parse_amount, parse_integer, validate_name
 
 from .openapi import openapi_json
+from .process_metrics import CONTENT_TYPE_LATEST, ProcessMetrics
 from .query import QueryParams
 
 __all__ = ["SERVER_LIMITS", "Gateway", "Route", "ServerLog"]
@@ -84,6 +87,7 @@ NO_NAME = (
 )
 READ_METHODS = ("GET", "HEAD")
 CHANGE_METHODS = ("GET", "POST")
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))  # as labels
 FORM = "application/x-www-form-urlencoded"
 OP_ID = web.RequestKey("op_id", str)  # the operation id of a changing request
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
@@ -128,6 +132,9 @@ class Gateway:
         self._contract = openapi_json(token=auth_token is not None)
         self._watchers = 0  # /watch streams open or opening now
         self._streams: set[Watch] = set()  # the watches of those open
+        self._in_progress = 0  # requests being answered
+        self._metrics = gateway_metrics()  # through Ray's export (`counters/metrics.py`)
+        self._process_metrics = ProcessMetrics(lambda: self._in_progress, lambda: self.streams)
         # Every route and its methods: what is served, and what /openapi.json must describe.
         self.routes: dict[str, Route] = {
             "/": Route(READ_METHODS, self._read),
@@ -140,6 +147,7 @@ class Gateway:
             "/watch": Route(("GET",), self._watch),
             "/ui": Route(READ_METHODS, _page),
             "/openapi.json": Route(READ_METHODS, self._openapi),
+            "/metrics": Route(READ_METHODS, self._process_metrics_page),
             "/healthz": Route(READ_METHODS, _healthz),
         }
 
@@ -152,7 +160,26 @@ class Gateway:
         return web.Server(self.handle, **{**SERVER_LIMITS, **kwargs})
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Answer one request: its route's answer, or our errors as responses."""
+        """Answer one request, and count it: by route (one we serve, else ``other``, so that
+        a client cannot make series without end), method and status."""
+        started = time.perf_counter()
+        self._in_progress += 1
+        try:
+            response = await self._answer(request)
+        finally:
+            self._in_progress -= 1
+        path = request.path
+        method = request.method
+        self._metrics.request(
+            path if path in self.routes else "other",
+            method if method in _METHODS else "other",
+            response.status,
+            time.perf_counter() - started,
+        )
+        return response
+
+    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Its route's answer, or our errors as responses."""
         route = self.routes.get(request.path)
         if self._token is not None and request.path != "/healthz" and not self._authorized(request):
             return _unauthorized(request)
@@ -189,11 +216,12 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def maintaining(self) -> AsyncIterator[None]:
-        """In the background: idle objects leave memory, idle per-name actors stop. At the
-        end, the /watch streams end too, so that the server can stop."""
+        """In the background: idle objects leave memory, idle per-name actors stop, and each
+        second the operations waiting per host are recorded. At the end, the /watch streams
+        end too, so that the server can stop."""
         namespace = self.namespace
 
-        async def run() -> None:
+        async def passivate() -> None:
             interval = min(30.0, max(0.5, namespace.settings.idle_timeout / 4))
             while True:
                 await asyncio.sleep(interval)
@@ -202,14 +230,27 @@ class Gateway:
                 except Exception:  # keep going: a failed round is retried at the next one
                     log.exception("passivation round failed")
 
-        task = asyncio.create_task(run())
+        async def sample() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                namespace.record_queued()
+
+        tasks = [asyncio.create_task(passivate()), asyncio.create_task(sample())]
         try:
             yield
         finally:
             self.close_streams()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _process_metrics_page(self, request: web.BaseRequest) -> web.StreamResponse:
+        """This process's own series (`process_metrics.py`); the rest are Ray's to export."""
+        return web.Response(
+            body=self._process_metrics.text(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def _openapi(self, request: web.BaseRequest) -> web.StreamResponse:
         """The API contract (`gateway/openapi.py`), as JSON whatever the Accept."""

@@ -290,6 +290,16 @@ _SPEC = _operation(
     {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}},
     errors=(),
 )
+_METRICS = _operation(
+    "This gateway process's own metrics (CPU, memory, requests in progress, streams open); "
+    "requests by route and the hosts' series are in Ray's metrics export",
+    [],
+    {
+        "description": "Prometheus' text exposition format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+    errors=(),
+)
 _HEALTH = {
     "summary": "Whether the gateway answers (no token needed)",
     "security": [],
@@ -347,6 +357,7 @@ OPENAPI: dict[str, Any] = {
         },
         "/ui": {"get": _UI, "head": _head_of(_UI)},
         "/openapi.json": {"get": _SPEC, "head": _head_of(_SPEC)},
+        "/metrics": {"get": _METRICS, "head": _head_of(_METRICS)},
         "/healthz": {"get": _HEALTH, "head": _head_of(_HEALTH)},
     },
     "components": {

@@ -40,6 +40,8 @@ def ray_session() -> Iterator[None]:
         log_to_driver=False,
         num_cpus=2,
         namespace="counters-tests",
+        # Metrics reach Ray's export within a second (the default is ten), for test_metrics.
+        _system_config={"metrics_report_interval_ms": 1000},
     )
     yield
     ray.shutdown()

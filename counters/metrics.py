@@ -1,0 +1,182 @@
+"""What the service counts, recorded with `ray.util.metrics`.
+
+Ray exports every process's series through each node's metrics agent, in Prometheus' text
+format, with ``ray_`` before the name (``ray_counters_http_requests_total``, as Ray Serve's are
+``ray_serve_*``) and Ray's own labels (node, worker, session); Prometheus scrapes them from
+there and Grafana and the Ray dashboard's Metrics tab draw them (`docs/metrics.md`).
+
+The series, made on first use in each process (a gateway, a client, a host):
+
+- gateway: requests by route, method and status, and their latency;
+- client (a gateway or a Python program): operations waiting per host, refused because too
+  many waited (Overloaded), and resent after a host was lost;
+- host: operations, operations per batch, commit latency, hosts fenced, objects in memory, objects
+  passivated (dropped from memory, or with their per-name actor).
+
+Ray's histograms count each bucket exactly, but their ``_sum`` adds each bucket's midpoint,
+not the values: totals come from counters.
+
+Labels stay few: a route is one the gateway serves (else ``other``), and a host is a shard's
+name or ``per-name`` for all per-name hosts, whose names are counter names. No counter name is
+ever a label: each would be a series of its own, without end.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+from .placement import Layout, Placement
+
+if TYPE_CHECKING:
+    from ray.util.metrics import Counter, Gauge, Histogram
+
+__all__ = [
+    "METRICS",
+    "NO_HOST_METRICS",
+    "HostMetrics",
+    "RayHostMetrics",
+    "client_metrics",
+    "gateway_metrics",
+    "host_label",
+]
+
+# Seconds: a cached read takes well under a millisecond, a commit a few, a stream minutes.
+LATENCY_BOUNDARIES: list[float] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+]  # fmt: skip
+BATCH_BOUNDARIES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+
+# Every series: name -> (kind, description). The Grafana dashboard's test holds its queries
+# to this list, and `docs/metrics.md` lists the same.
+METRICS: dict[str, tuple[str, str]] = {
+    "counters_http_requests_total": ("counter", "HTTP requests answered, by route and status"),
+    "counters_http_request_duration_seconds": (
+        "histogram",
+        "seconds from a request's arrival to its answer (a /watch stream: its life)",
+    ),
+    "counters_client_queued_operations": (
+        "gauge",
+        "operations waiting in a client for their host (sampled each second by a gateway)",
+    ),
+    "counters_client_overload_refusals_total": (
+        "counter",
+        "operations refused at once because too many waited (Overloaded, HTTP 503)",
+    ),
+    "counters_client_resends_total": (
+        "counter",
+        "operations sent again, with their ids, after their host was lost",
+    ),
+    "counters_host_operations_total": ("counter", "operations a host answered"),
+    "counters_host_batch_operations": ("histogram", "operations in one batch"),
+    "counters_host_commit_duration_seconds": (
+        "histogram",
+        "seconds one batch's commit took in storage",
+    ),
+    "counters_host_fenced_total": (
+        "counter",
+        "hosts that found a newer writer's epoch in storage and left",
+    ),
+    "counters_host_objects_in_memory": ("gauge", "counters a host holds in memory"),
+    "counters_host_passivations_total": (
+        "counter",
+        "counters dropped from memory (idle, over the cap, or their per-name actor stopped)",
+    ),
+}
+
+
+def host_label(layout: Layout, host_name: str) -> str:
+    """A host's label: its shard's name, or ``per-name`` (its name is a counter's)."""
+    return "per-name" if layout.placement is Placement.PER_NAME else host_name
+
+
+def _counter(name: str, *tag_keys: str) -> Counter:
+    from ray.util import metrics  # Ray loads only where metrics are recorded
+
+    return metrics.Counter(name, METRICS[name][1], tag_keys=tag_keys)
+
+
+def _gauge(name: str, *tag_keys: str) -> Gauge:
+    from ray.util import metrics
+
+    return metrics.Gauge(name, METRICS[name][1], tag_keys=tag_keys)
+
+
+def _histogram(name: str, boundaries: list[float], *tag_keys: str) -> Histogram:
+    from ray.util import metrics
+
+    return metrics.Histogram(name, METRICS[name][1], boundaries=boundaries, tag_keys=tag_keys)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.requests = _counter("counters_http_requests_total", "route", "method", "status")
+        self.latency = _histogram(
+            "counters_http_request_duration_seconds", LATENCY_BOUNDARIES, "route"
+        )
+
+    def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.inc(1, {"route": route, "method": method, "status": str(status)})
+        self.latency.observe(seconds, {"route": route})
+
+
+class ClientMetrics:
+    def __init__(self) -> None:
+        self.queued = _gauge("counters_client_queued_operations", "host")
+        self.refused = _counter("counters_client_overload_refusals_total", "host")
+        self.resent = _counter("counters_client_resends_total", "host")
+
+
+@functools.cache
+def gateway_metrics() -> GatewayMetrics:
+    return GatewayMetrics()
+
+
+@functools.cache
+def client_metrics() -> ClientMetrics:
+    return ClientMetrics()
+
+
+class HostMetrics:
+    """What a host records; `ObjectHost` calls it and knows nothing of Ray."""
+
+    def batch(self, operations: int, commit_seconds: float | None) -> None:
+        """A batch was answered; `commit_seconds` if it was committed."""
+
+    def objects(self, in_memory: int, passivated: int) -> None:
+        """Counters in memory now, and how many just left it."""
+
+    def fenced(self) -> None:
+        """The host found a newer writer in storage."""
+
+
+NO_HOST_METRICS = HostMetrics()  # hosts built outside Ray (unit tests, tools)
+
+
+class RayHostMetrics(HostMetrics):
+    """A host actor's series, labelled with `host_label`."""
+
+    def __init__(self, label: str) -> None:
+        self._tags = {"host": label}
+        self._operations = _counter("counters_host_operations_total", "host")
+        self._batch = _histogram("counters_host_batch_operations", BATCH_BOUNDARIES, "host")
+        self._commit = _histogram(
+            "counters_host_commit_duration_seconds", LATENCY_BOUNDARIES, "host"
+        )
+        self._fenced = _counter("counters_host_fenced_total", "host")
+        self._objects = _gauge("counters_host_objects_in_memory", "host")
+        self._passivated = _counter("counters_host_passivations_total", "host")
+
+    def batch(self, operations: int, commit_seconds: float | None) -> None:
+        self._operations.inc(operations, self._tags)
+        self._batch.observe(operations, self._tags)
+        if commit_seconds is not None:
+            self._commit.observe(commit_seconds, self._tags)
+
+    def objects(self, in_memory: int, passivated: int) -> None:
+        self._objects.set(in_memory, self._tags)
+        if passivated:
+            self._passivated.inc(passivated, self._tags)
+
+    def fenced(self) -> None:
+        self._fenced.inc(1, self._tags)
