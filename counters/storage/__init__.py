@@ -5,7 +5,16 @@ sqlite.py        one SQLite file per host, fenced by an epoch in every commit
 storage_dir.py   the SQLite backend: a directory of those files, the locks for one writer
 """
 
-from .interface import Applied, Change, HostStore, IdsAlreadyRecorded, Oldest, ServiceId, Storage
+from .interface import (
+    Applied,
+    Change,
+    HostStore,
+    IdsAlreadyRecorded,
+    Oldest,
+    ServiceId,
+    Storage,
+    StoredObject,
+)
 from .sqlite import MIGRATIONS, SqliteStore
 from .storage_dir import StorageDir
 
@@ -20,4 +29,5 @@ __all__ = [
     "SqliteStore",
     "Storage",
     "StorageDir",
+    "StoredObject",
 ]

@@ -40,6 +40,8 @@ __all__ = [
     "Rows",
     "ServiceId",
     "Storage",
+    "StoredObject",
+    "merged_objects",
     "objects_of",
     "scan_rows",
 ]
@@ -162,8 +164,43 @@ class Storage(Protocol):
         the iterator when done: it holds a connection."""
         ...
 
+    def snapshot(self) -> Generator[StoredObject]:
+        """Every stored object with its committed keys and the ids it remembers, as of one
+        commit: of the whole database (PostgreSQL), or of each host's file (SQLite; a name
+        lives in one file, so each object is as of one moment, and what was acknowledged
+        before the snapshot began is in it). Read-only, never in a host's way; what a backup
+        reads. Close the iterator when done."""
+        ...
+
 
 Row = tuple[str, str, str]  # (object, key, JSON text)
+IdRow = tuple[str, str, float, str, str]  # (object, op_id, at, request, result)
+
+
+class StoredObject(NamedTuple):
+    """One object as a snapshot holds it: its keys, and the ids of operations it applied
+    that are still remembered, in the order they were recorded."""
+
+    name: str
+    state: dict[str, str]  # key -> JSON text
+    applied: list[tuple[str, AppliedOp]]  # (op_id, what it did)
+
+
+def merged_objects(rows: Iterator[Row], ids: Iterator[IdRow]) -> Iterator[StoredObject]:
+    """`rows` in (object, key) order and `ids` in object order, by code point, as objects."""
+    row = next(rows, None)
+    id_row = next(ids, None)
+    while row is not None or id_row is not None:
+        name = min(r[0] for r in (row, id_row) if r is not None)
+        state: dict[str, str] = {}
+        while row is not None and row[0] == name:
+            state[row[1]] = row[2]
+            row = next(rows, None)
+        applied: list[tuple[str, AppliedOp]] = []
+        while id_row is not None and id_row[0] == name:
+            applied.append((id_row[1], AppliedOp(id_row[2], id_row[3], id_row[4])))
+            id_row = next(ids, None)
+        yield StoredObject(name, state, applied)
 
 
 def scan_rows(fetch: Callable[[tuple[str, str] | None], list[Row]], prefix: str) -> Iterator[Row]:

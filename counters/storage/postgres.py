@@ -65,6 +65,8 @@ from .interface import (
     Row,
     Rows,
     ServiceId,
+    StoredObject,
+    merged_objects,
     objects_of,
     scan_rows,
 )
@@ -255,6 +257,26 @@ class PostgresStorage:
                     return db.execute(_NEXT_ROWS, position).fetchall()
 
             yield from objects_of(scan_rows(fetch, prefix))
+
+    def snapshot(self) -> Generator[StoredObject]:
+        """One repeatable-read transaction (`interface.Storage.snapshot`): every host's data
+        as of one moment, read by server-side cursors a batch at a time."""
+        with _connect(self.dsn) as db:
+            db.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            db.read_only = True
+            with _translated("cannot read"), db.transaction():
+                if _recorded_layout(db) is None:
+                    return  # no host has opened this database yet: no tables
+                with (
+                    db.cursor(name="counters_snapshot_kv") as rows,
+                    db.cursor(name="counters_snapshot_ids") as ids,
+                ):
+                    rows.execute("SELECT object, key, value FROM counters_kv ORDER BY object, key")
+                    ids.execute(
+                        "SELECT object, op_id, at, request, result FROM counters_applied "
+                        'ORDER BY object COLLATE "C", seq'
+                    )
+                    yield from merged_objects(iter(rows), iter(ids))
 
 
 class PostgresHostStore:

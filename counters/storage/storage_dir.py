@@ -41,7 +41,15 @@ from urllib.parse import quote
 
 from ..errors import LayoutMismatch, StorageBusy, StorageDirInUse, StorageFailed
 from ..placement import Layout, Placement, host_file_name
-from .interface import SCAN_BATCH, Row, ServiceId, objects_of, scan_rows
+from .interface import (
+    SCAN_BATCH,
+    Row,
+    ServiceId,
+    StoredObject,
+    merged_objects,
+    objects_of,
+    scan_rows,
+)
 from .sqlite import SqliteStore
 
 __all__ = ["StorageDir"]
@@ -83,6 +91,12 @@ class StorageDir:
         """
         files = sorted((self.path / "hosts").glob("*.sqlite3"))
         yield from objects_of(heapq.merge(*(_file_rows(path, prefix, after) for path in files)))
+
+    def snapshot(self) -> Generator[StoredObject]:
+        """Each host's file in one read transaction (`interface.Storage.snapshot`): a WAL
+        snapshot, as of its last commit when the read began, which never blocks its host."""
+        for path in sorted((self.path / "hosts").glob("*.sqlite3")):
+            yield from _file_snapshot(path)
 
     def host_path(self, host: str) -> Path:
         return self.path / "hosts" / host_file_name(host)
@@ -161,14 +175,20 @@ class StorageDir:
 
         None too when nothing was recorded, or it cannot be read: binding a layout says why.
         """
+        layout = self.recorded_layout()
+        if layout is None or layout.placement is not Placement.SHARDED:
+            return None
+        return layout.shards if layout.class_name == class_name else None
+
+    def recorded_layout(self) -> Layout | None:
+        """The layout this dir was laid out with, if one was recorded and can be read."""
         try:
             recorded = json.loads((self.path / LAYOUT_FILE).read_text())
-        except (OSError, ValueError):
+            placement = Placement(recorded["placement"])
+            shards = recorded["shards"] if placement is Placement.SHARDED else 1
+            return Layout(str(recorded["class_name"]), placement, int(shards))
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        sharded = recorded.get("placement") == Placement.SHARDED.value
-        shards = recorded.get("shards")
-        ours = sharded and recorded.get("class_name") == class_name
-        return shards if ours and isinstance(shards, int) else None
 
     def bind_layout(self, layout: Layout) -> None:
         """Record `layout` on first use; raise LayoutMismatch if another one was recorded."""
@@ -245,6 +265,27 @@ def _file_rows(path: Path, prefix: str, after: str) -> Iterator[Row]:
         yield from scan_rows(
             lambda position: first if position is None else fetch(position), prefix
         )
+    finally:
+        db.close()
+
+
+def _file_snapshot(path: Path) -> Iterator[StoredObject]:
+    try:
+        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as error:
+        raise StorageFailed(f"cannot read {path}: {error}") from None
+    try:
+        db.execute("BEGIN")  # both queries read the same commit
+        rows = db.execute("SELECT object, key, value FROM kv ORDER BY object, key")
+        ids = db.execute(
+            "SELECT object, op_id, at, request, result FROM applied_ids ORDER BY object, seq"
+        )
+        yield from merged_objects(rows, ids)
+    except sqlite3.OperationalError as error:
+        if "no such table" not in str(error):  # else a host is creating it: nothing stored
+            raise StorageFailed(f"cannot read {path}: {error}") from None
+    except sqlite3.Error as error:
+        raise StorageFailed(f"cannot read {path}: {error}") from None
     finally:
         db.close()
 
