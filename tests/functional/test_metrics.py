@@ -166,7 +166,8 @@ async def _counted(
     await asyncio.sleep(2.5)  # earlier tests' requests exported and scraped: a fixed baseline
     before: dict[str, float] = {}
     for query in (ok, bad, other):
-        before[query] = await asyncio.to_thread(prometheus.value, query) or 0.0
+        value = await asyncio.to_thread(prometheus.value, query)
+        before[query] = value or 0.0
     assert await asyncio.to_thread(prometheus.value, operations) is None
 
     names = [f"metered-{i}" for i in range(37)]
