@@ -28,7 +28,7 @@ import shutil
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,24 +37,19 @@ from .applied_log import AppliedOp
 from .errors import ConfigError
 from .object_storage import DELETED
 from .placement import Layout, Placement, host_name
+from .progress import Progress, quiet
 from .storage import HostStore, ServiceId, Storage, StorageDir, StoredObject
 
-__all__ = ["BACKUP_FORMAT", "Progress", "backup", "read_backup", "reshard", "restore"]
+__all__ = ["BACKUP_FORMAT", "backup", "read_backup", "reshard", "restore"]
 
 BACKUP_FORMAT = "counters-backup"
 VERSION = 1
 WRITE_BATCH = 500  # objects per transaction of a restore
 OPEN_STORES = 64  # host stores a restore keeps open (a per-name layout has one per counter)
 
-Progress = Callable[[int], None]  # told how many more objects are done
-
-
-def _quiet(done: int) -> None:
-    pass
-
 
 def backup(
-    storage: Storage, path: Path, class_name: str, force: bool = False, progress: Progress = _quiet
+    storage: Storage, path: Path, class_name: str, force: bool = False, progress: Progress = quiet
 ) -> int:
     """Write a snapshot of `storage` to `path`; how many objects. Refuses an existing file
     unless `force`."""
@@ -114,7 +109,7 @@ def restore(
     placement: Placement = Placement.SHARDED,
     shards: int = 1,
     force: bool = False,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> int:
     """Write the backup at `path` into `storage`, laid out as `placement` and `shards`; how
     many objects. Refuses storage that holds counters, unless `force`: then every counter
@@ -141,7 +136,7 @@ def restore(
     return len(restored)
 
 
-def reshard(path: Path, shards: int, progress: Progress = _quiet) -> Path:
+def reshard(path: Path, shards: int, progress: Progress = quiet) -> Path:
     """Lay the storage dir at `path` out anew on `shards` shards, offline: copied into a new
     dir, checked, then put in its place. Refused while a service uses the dir. The old dir
     stays beside it; its new name is returned."""
