@@ -20,6 +20,7 @@ from .host import HostConfig
 from .placement import Layout, Placement
 from .storage import Storage, StorageDir
 from .storage.postgres import PostgresStorage
+from .token_file import read_token_file
 
 __all__ = ["ENV_PREFIX", "Settings"]
 
@@ -112,19 +113,7 @@ class Settings:
     def auth_token(self) -> str | None:
         """The token every HTTP request must bear, read from ``auth_token_file``; None without
         one. ConfigError if the file cannot be read or holds no token."""
-        if self.auth_token_file is None:
-            return None
-        path = Path(self.auth_token_file).expanduser()
-        try:
-            token = path.read_text().strip()
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"--auth-token-file {path}: cannot read it: {error}") from None
-        if not token or not token.isascii() or not token.isprintable() or " " in token:
-            raise ConfigError(
-                f"--auth-token-file {path} must hold one token of visible ASCII characters "
-                "(make one: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
-            )
-        return token
+        return None if self.auth_token_file is None else read_token_file(self.auth_token_file)
 
     def refuse_open_door(self) -> None:
         """ConfigError if the gateway would listen beyond loopback with no token to ask for."""

@@ -4,10 +4,10 @@ Blocks run in README order on one fresh service, so counts carry over from block
 first console session starts from a fresh counter A, and each Python block continues from there.
 
 - ```console: each ``$ `` line is a curl command against http://127.0.0.1:8787, run on the
-  service's own port; the lines under it are its output (of a stream, what it printed within
-  its ``--max-time``). For ``curl -i``, the headers shown must
-  appear in that order among the real ones (curl also prints Date, Content-Length, ...), and the
-  body must match exactly.
+  service's own port, or a `counters` command, run with ``COUNTERS_URL`` set to that port; the
+  lines under it are its output (of a stream, what it printed within its ``--max-time``). For
+  ``curl -i``, the headers shown must appear in that order among the real ones (curl also
+  prints Date, Content-Length, ...), and the body must match exactly.
 - ```python: each block is its own ``python -c`` in a user's fresh shell (RAY_ADDRESS and
   RAY_AUTH_MODE as the service logs them, another working directory); it must exit 0, and its
   printed lines must be the values written after ``print(...)  # ``, in order.
@@ -93,8 +93,24 @@ def is_subsequence(shown: list[str], real: list[str]) -> bool:
     return all(line in remaining for line in shown)
 
 
+def run_counters(block: Block, command: str, shown: list[str], port: int) -> None:
+    """A `counters` command, as installed with the package, against the service."""
+    argv = shlex.split(command)
+    argv[0] = str(Path(sys.executable).parent / "counters")
+    env = user_environment() | {"COUNTERS_URL": f"http://127.0.0.1:{port}"}
+    result = subprocess.run(argv, capture_output=True, timeout=60, env=env)
+    assert result.returncode == 0, f"{block}: `{command}` failed: {result.stderr.decode()}"
+    output = result.stdout.decode()
+    assert output == "".join(line + "\n" for line in shown), (
+        f"{block}: `{command}` printed:\n{output}"
+    )
+
+
 def run_console(block: Block, port: int) -> None:
     for command, shown in console_commands(block):
+        if command.startswith("counters "):
+            run_counters(block, command, shown, port)
+            continue
         assert README_URL in command, f"{block}: `{command}` is not against {README_URL}"
         argv = shlex.split(command.replace(README_URL, f"http://127.0.0.1:{port}"))
         result = subprocess.run(argv, capture_output=True, timeout=60)
