@@ -8,6 +8,11 @@
     counters delete NAME             forget the counter
     counters list [--prefix P]       the counters that exist, every page
     counters watch NAME...           each value now, then every change, until Ctrl-C
+    counters export [--prefix P]     the counters as JSON lines (`counters.transfer`)
+    counters import FILE             set counters to a file's counts; twice changes nothing
+    counters backup PATH             a consistent snapshot of the storage (`storage_commands`)
+    counters restore PATH            a backup into new storage
+    counters reshard --shards N      a storage dir laid out anew, offline
 
 `serve`: with no ``--address`` it starts a local Ray (dashboard on 127.0.0.1:8265) and stops it
 again on Ctrl-C or SIGTERM; with one, it joins that cluster and leaves it running.
@@ -38,6 +43,18 @@ from typing import Any
 from .errors import ConfigError
 from .output import as_json, change_line, table, watch_line
 from .remote import DEFAULT_URL, CannotConnect, ErrorAnswer, Remote, RemoteConfig
+from .storage_commands import (
+    BACKUP,
+    RESHARD,
+    RESTORE,
+    backup_arguments,
+    backup_command,
+    reshard_arguments,
+    reshard_command,
+    restore_arguments,
+    restore_command,
+)
+from .storage_commands import EXIT_CODES as STORAGE_EXIT_CODES
 from .values import CounterValue
 
 __all__ = ["COMMANDS", "Command", "main"]
@@ -307,6 +324,63 @@ def _watch(remote: Remote, arguments: argparse.Namespace) -> None:
         pass  # Ctrl-C is how a watch ends
 
 
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prefix", default="", help="only names that start with this")
+    parser.add_argument(
+        "--output", "-o", metavar="FILE", help="write here (default the standard output)"
+    )
+    _connection_arguments(parser)
+
+
+def _export(remote: Remote, arguments: argparse.Namespace) -> None:
+    from .progress import progress_bar
+    from .transfer import export_counters
+
+    if arguments.output is None:
+        export_counters(remote, sys.stdout, arguments.prefix)
+        return
+    with open(arguments.output, "w", encoding="utf-8") as out, progress_bar("exporting") as bar:
+        count = export_counters(remote, out, arguments.prefix, bar)
+    print(f"exported {count} counters to {arguments.output}", file=sys.stderr)
+
+
+def _import_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="JSON lines, as export writes; - for stdin")
+    _connection_arguments(parser)
+
+
+def _import(remote: Remote, arguments: argparse.Namespace) -> None:
+    from .progress import progress_bar
+    from .transfer import import_counters, parse_export
+
+    if arguments.file == "-":
+        counters = parse_export(sys.stdin, "standard input")
+    else:
+        try:
+            with open(arguments.file, encoding="utf-8") as lines:
+                counters = parse_export(lines, arguments.file)
+        except OSError as error:
+            raise ConfigError(f"cannot read {arguments.file}: {error.strerror}") from None
+    with progress_bar("importing", len(counters)) as bar:
+        summary = import_counters(remote, counters, bar)
+    if arguments.json:
+        print(json.dumps(vars(summary)))
+    else:
+        print(f"set {summary.set} counters, {summary.unchanged} already at their count")
+    if summary.conflicts:
+        raise ConflictingChanges(summary.conflicts)
+
+
+class ConflictingChanges(Exception):
+    """Counters others kept changing while an import set them."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(
+            f"{len(names)} counter(s) changed by others at every attempt, not set: "
+            + ", ".join(repr(name) for name in names[:10])
+        )
+
+
 def _show_change(arguments: argparse.Namespace, value: CounterValue) -> None:
     print(as_json(value) if arguments.json else change_line(value))
 
@@ -348,6 +422,12 @@ def _run_remote(
     try:
         with Remote(config) as remote:
             body(remote, arguments)
+    except ConfigError as error:  # e.g. an import's bad file: nothing was changed
+        print(f"counters: {error}", file=sys.stderr)
+        return USAGE
+    except ConflictingChanges as error:
+        print(f"counters: {error}", file=sys.stderr)
+        return ERROR_ANSWER
     except ErrorAnswer as error:
         _complain(arguments, error.code, _explain(error, config), error.status, error.key)
         return ERROR_ANSWER
@@ -432,6 +512,36 @@ COMMANDS: list[Command] = [
         "each counter's value now, then every change, until Ctrl-C",
         _get_arguments,
         _watch,
+    ),
+    _command("export", "the counters that exist, as JSON lines", _export_arguments, _export),
+    _command(
+        "import",
+        "set counters to the counts of an export (a second time changes nothing)",
+        _import_arguments,
+        _import,
+    ),
+    Command(
+        *BACKUP,
+        backup_arguments,
+        backup_command,
+        description=BACKUP[1] + ". --force: replace an existing file.",
+        epilog=STORAGE_EXIT_CODES,
+    ),
+    Command(
+        *RESTORE,
+        restore_arguments,
+        restore_command,
+        description=RESTORE[1] + ". --force: replace every counter there, deleting "
+        "those the backup does not hold.",
+        epilog=STORAGE_EXIT_CODES,
+    ),
+    Command(
+        *RESHARD,
+        reshard_arguments,
+        reshard_command,
+        description=RESHARD[1] + ": copied into a new dir, checked, put in its place; the "
+        "old dir is kept beside it.",
+        epilog=STORAGE_EXIT_CODES,
     ),
 ]
 
