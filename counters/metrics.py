@@ -36,8 +36,8 @@ __all__ = [
     "NO_HOST_METRICS",
     "HostMetrics",
     "RayHostMetrics",
+    "RequestMetrics",
     "client_metrics",
-    "gateway_metrics",
     "host_label",
 ]
 
@@ -108,16 +108,39 @@ def _histogram(name: str, boundaries: list[float], *tag_keys: str) -> Histogram:
     return metrics.Histogram(name, METRICS[name][1], boundaries=boundaries, tag_keys=tag_keys)
 
 
-class GatewayMetrics:
+class _GatewaySeries:
     def __init__(self) -> None:
         self.requests = _counter("counters_http_requests_total", "route", "method", "status")
         self.latency = _histogram(
             "counters_http_request_duration_seconds", LATENCY_BOUNDARIES, "route"
         )
 
+
+class RequestMetrics:
+    """One gateway's requests: counted here and added to Ray's counter by `flush` (a gateway
+    does each second, and as it stops), since a Ray counter costs about 4 µs a call on the
+    gateway's one thread; latency goes to Ray's histogram at once (about 2 µs)."""
+
+    def __init__(self) -> None:
+        self._series = _gateway_series()
+        self._tally: dict[tuple[str, str, int], int] = {}
+        self._tags: dict[str, dict[str, str]] = {}  # route -> its tags, made once
+
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.inc(1, {"route": route, "method": method, "status": str(status)})
-        self.latency.observe(seconds, {"route": route})
+        key = (route, method, status)
+        self._tally[key] = self._tally.get(key, 0) + 1
+        tags = self._tags.get(route)
+        if tags is None:
+            tags = self._tags[route] = {"route": route}
+        self._series.latency.observe(seconds, tags)
+
+    def flush(self) -> None:
+        """Add what was counted since the last flush to Ray's counter."""
+        tally, self._tally = self._tally, {}
+        for (route, method, status), count in tally.items():
+            self._series.requests.inc(
+                count, {"route": route, "method": method, "status": str(status)}
+            )
 
 
 class ClientMetrics:
@@ -128,8 +151,8 @@ class ClientMetrics:
 
 
 @functools.cache
-def gateway_metrics() -> GatewayMetrics:
-    return GatewayMetrics()
+def _gateway_series() -> _GatewaySeries:
+    return _GatewaySeries()
 
 
 @functools.cache

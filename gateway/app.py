@@ -71,7 +71,7 @@ from counters.errors import (
     WatcherDropped,
 )
 from counters.listing import DEFAULT_LIMIT
-from counters.metrics import gateway_metrics
+from counters.metrics import RequestMetrics
 from counters.operations import Operation, trimmed
 from counters.validation import parse_amount, parse_integer, validate_name
 
@@ -133,7 +133,7 @@ class Gateway:
         self._watchers = 0  # /watch streams open or opening now
         self._streams: set[Watch] = set()  # the watches of those open
         self._in_progress = 0  # requests being answered
-        self._metrics = gateway_metrics()  # through Ray's export (`counters/metrics.py`)
+        self._metrics = RequestMetrics()  # through Ray's export (`counters/metrics.py`)
         self._process_metrics = ProcessMetrics(lambda: self._in_progress, lambda: self.streams)
         # Every route and its methods: what is served, and what /openapi.json must describe.
         self.routes: dict[str, Route] = {
@@ -217,8 +217,8 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def maintaining(self) -> AsyncIterator[None]:
         """In the background: idle objects leave memory, idle per-name actors stop, and each
-        second the operations waiting per host are recorded. At the end, the /watch streams
-        end too, so that the server can stop."""
+        second the requests counted and the operations waiting per host are recorded. At the
+        end, the /watch streams end too, so that the server can stop."""
         namespace = self.namespace
 
         async def passivate() -> None:
@@ -233,6 +233,7 @@ class Gateway:
         async def sample() -> None:
             while True:
                 await asyncio.sleep(1.0)
+                self._metrics.flush()
                 namespace.record_queued()
 
         tasks = [asyncio.create_task(passivate()), asyncio.create_task(sample())]
@@ -240,6 +241,7 @@ class Gateway:
             yield
         finally:
             self.close_streams()
+            self._metrics.flush()
             for task in tasks:
                 task.cancel()
             for task in tasks:
