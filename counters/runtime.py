@@ -167,6 +167,7 @@ class _RayHost(ObjectHost):
 
     def exit(self) -> None:
         """Exit for good: Ray does not restart an actor that exits by itself."""
+        self._metrics.flush()
         ray.actor.exit_actor()  # type: ignore[no-untyped-call]
 
     def sweep(self) -> int:
@@ -210,6 +211,7 @@ class _RayHost(ObjectHost):
             if self._channel is not None:
                 self._channel.close()
             self.close()  # the successor need not wait for this process to end
+        self._metrics.flush()
         ray.actor.exit_actor()  # type: ignore[no-untyped-call]
         return True  # not reached: exit_actor ends the actor
 
