@@ -20,6 +20,8 @@ import pytest
 import ray
 
 from counters.metrics import METRICS
+from counters.op_ids import new_op_id
+from counters.operations import Operation
 from gateway import Gateway
 
 from .conftest import GatewayTestServer, NamespaceFactory
@@ -277,3 +279,64 @@ async def test_the_gateways_own_page_needs_the_token_and_holds_its_process(
     assert re.search(r"^counters_gateway_watch_streams 0\.0$", text, re.M)
     assert re.search(r"^process_resident_memory_bytes \d", text, re.M)
     assert "counters_http" not in text  # Ray exports those: not twice
+
+
+def ray_export(name: str, **labels: str) -> float:
+    """The sum of `name`'s series with `labels` in this node's Ray metrics export now."""
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])  # type: ignore[no-untyped-call]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series.startswith(name + "{") and all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+async def exported(name: str, expected: float, **labels: str) -> None:
+    """Wait until Ray exports `expected` for `name` (each process reports each second)."""
+    for _ in range(100):
+        if ray_export(name, **labels) == expected:
+            await asyncio.sleep(1.5)  # and nothing more comes
+            assert ray_export(name, **labels) == expected
+            return
+        await asyncio.sleep(0.2)
+    assert ray_export(name, **labels) == expected
+
+
+async def test_refusals_and_resends_are_counted(make_namespace: NamespaceFactory) -> None:
+    me = ray.get_runtime_context().get_worker_id()
+    namespace = make_namespace(max_queue=20, shards=5)
+    host = namespace.host_for("hot")  # a shard: its name is the label
+    refusals = "ray_counters_client_overload_refusals_total"
+    before = ray_export(refusals, host=host, WorkerId=me)
+    futures = [namespace.call(Operation("hot", "increment", (1,), new_op_id())) for _ in range(300)]
+    refused = [future for future in futures if future.done()]
+    await asyncio.gather(*futures, return_exceptions=True)
+    assert len(refused) == 280
+    await exported(refusals, before + 280, host=host, WorkerId=me)
+
+    # A host killed with operations in flight: the client sends them again, and says so.
+    resends = "ray_counters_client_resends_total"
+    before = ray_export(resends, host=host, WorkerId=me)
+    stub = namespace.get_by_name("hot")
+    done = 0
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        nonlocal done
+        while not stop.is_set():
+            await stub.increment()
+            done += 1
+
+    tasks = [asyncio.create_task(load()) for _ in range(8)]
+    while done < 200:
+        await asyncio.sleep(0.01)
+    ray.kill(namespace.handle(host), no_restart=False)  # restarted by Ray, batches in flight
+    await asyncio.sleep(1.0)
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert await stub.get_counter_value() == 20 + done  # each once
+    await asyncio.sleep(2.5)
+    assert ray_export(resends, host=host, WorkerId=me) > before
