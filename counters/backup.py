@@ -11,12 +11,15 @@ Taken from `Storage.snapshot` while the service serves: each object as of one co
 whole database's, or its host file's), so every change acknowledged before the backup began is
 in it. It holds the ids each object remembers, so that after a restore a client resending an
 operation from before the backup is still answered once. Written aside, fsync'd, then renamed:
-a backup file is whole or absent, and a restore refuses one without its last line.
+a backup file is whole or absent, and a restore reads and checks all of it (every line, and
+their count against the end line's) before it writes anything.
 
 A restore writes through the hosts' own storage code (`HostStore.write`): it claims the target
 for itself (refused while a service uses it), takes each host's data over with a new epoch (a
 host of another layout still running would be fenced), and refuses a target that holds counters
-unless told to replace them.
+unless told to replace them; then it first forgets everything there, so that the target holds
+exactly the backup, as of when it was taken: counts, versions and remembered ids (a change made
+after the backup, sent again, is applied again: the restore undid it).
 """
 
 from __future__ import annotations
@@ -28,17 +31,23 @@ import shutil
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .applied_log import AppliedOp
 from .errors import ConfigError
-from .object_storage import DELETED
 from .placement import Layout, Placement, host_name
 from .progress import Progress, quiet
 from .storage import HostStore, ServiceId, Storage, StorageDir, StoredObject
+from .storage.storage_dir import (
+    LAYOUT_FILE,
+    RESHARD_MARK,
+    finish_reshard,
+    resharding_path,
+    sync_folder,
+)
 
 __all__ = ["BACKUP_FORMAT", "backup", "read_backup", "reshard", "restore"]
 
@@ -52,7 +61,15 @@ def backup(
     storage: Storage, path: Path, class_name: str, force: bool = False, progress: Progress = quiet
 ) -> int:
     """Write a snapshot of `storage` to `path`; how many objects. Refuses an existing file
-    unless `force`."""
+    unless `force`, and a storage dir that holds no counters storage (a mistyped path)."""
+    if isinstance(storage, StorageDir):
+        finish_reshard(storage.path)
+        if storage.recorded_layout() is None:
+            raise ConfigError(f"{storage.path} is not a storage dir (it has no {LAYOUT_FILE})")
+        if path.resolve().is_relative_to(storage.path.resolve()):
+            raise ConfigError(f"write the backup outside the storage dir {storage.path}")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give the backup file's path")
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; give another path, or --force to replace it")
     header = {
@@ -76,31 +93,47 @@ def backup(
             out.flush()
             os.fsync(out.fileno())
         os.replace(aside, path)
-        _sync_folder(path.parent)
+        sync_folder(path.parent)
     finally:
         aside.unlink(missing_ok=True)
     return objects
 
 
 def read_backup(path: Path) -> tuple[dict[str, Any], Iterator[StoredObject]]:
-    """The header of the backup at `path` and its objects; ConfigError if it is not one of
-    ours, or not whole (checked before any object is given)."""
+    """The header of the backup at `path` (with its count of objects) and its objects.
+
+    Every line is read and checked first, and the count held to the end line's: ConfigError
+    for a file that is not one of ours, damaged, or not whole, before any object is given."""
     try:
         with path.open(encoding="utf-8") as lines:
             header = json.loads(next(lines, "null"))
-            last = None
-            for last in lines:  # noqa: B007  (the last line is the one we want)
-                pass
-        if not isinstance(header, dict) or header.get("format") != BACKUP_FORMAT:
-            raise ConfigError(f"{path} is not a counters backup")
-        if header.get("version") != VERSION:
-            raise ConfigError(f"{path} is a backup of version {header.get('version')}, not 1")
-        end = json.loads(last) if last else None
-        if not isinstance(end, dict) or end.get("end") is not True:
-            raise ConfigError(f"{path} is not whole (no end line): the backup did not finish")
+            if not isinstance(header, dict) or header.get("format") != BACKUP_FORMAT:
+                raise ConfigError(f"{path} is not a counters backup")
+            if header.get("version") != VERSION:
+                raise ConfigError(f"{path} is a backup of version {header.get('version')}, not 1")
+            names: set[str] = set()
+            end = None
+            for number, line in enumerate(lines, 2):
+                if end is not None:
+                    raise ConfigError(f"{path}, line {number}: a line after the end line")
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("end") is True:
+                    end = record
+                    continue
+                name = _stored(record, f"{path}, line {number}").name
+                if name in names:
+                    raise ConfigError(f"{path}, line {number}: {name!r:.80} appears twice")
+                names.add(name)
     except (OSError, ValueError) as error:
         raise ConfigError(f"cannot read backup {path}: {error}") from None
-    return {**header, "objects": end["objects"]}, _objects(path)
+    if end is None:
+        raise ConfigError(f"{path} is not whole (no end line): the backup did not finish")
+    if end.get("objects") != len(names):
+        raise ConfigError(
+            f"{path} is damaged: it holds {len(names)} objects, its end line says "
+            f"{end.get('objects')}"
+        )
+    return {**header, "objects": len(names)}, _objects(path)
 
 
 def restore(
@@ -112,64 +145,81 @@ def restore(
     progress: Progress = quiet,
 ) -> int:
     """Write the backup at `path` into `storage`, laid out as `placement` and `shards`; how
-    many objects. Refuses storage that holds counters, unless `force`: then every counter
-    there is replaced by the backup's, and those not in the backup are deleted."""
+    many objects. Refuses storage in use by a service, and storage that holds counters unless
+    `force`: then everything there is forgotten first (`Storage.clear`), so that afterwards
+    the storage holds exactly the backup: its counts, versions and remembered ids."""
     header, objects = read_backup(path)
     layout = Layout(header["class_name"], placement, shards)
-    with contextlib.closing(storage.scan("", "")) as existing:
-        present = [name for name, state in existing if state]
-    if present and not force:
-        raise ConfigError(
-            f"{storage.describe()} holds {len(present)} counter(s) already "
-            f"(such as {present[0]!r}); restore into new storage, or --force to replace them"
-        )
     service = ServiceId(f"restore-{uuid.uuid4().hex}", f"counters restore in pid {os.getpid()}")
-    with _Writer(storage, layout, service) as writer:
-        restored = set()
-        for stored in objects:
-            writer.put(stored)
-            restored.add(stored.name)
-            progress(1)
-        for name in present:
-            if name not in restored:
-                writer.put(StoredObject(name, {}, []))  # replaced by nothing: deleted
-    return len(restored)
+    release = storage.hold(service)  # StorageDirInUse while a service serves from it
+    try:
+        with contextlib.closing(storage.scan("", "")) as existing:
+            present = [name for name, state in existing if state]
+        if present and not force:
+            raise ConfigError(
+                f"{storage.describe()} holds {len(present)} counter(s) already "
+                f"(such as {present[0]!r}); restore into new storage, or --force to replace them"
+            )
+        if force:
+            storage.clear()
+        restored = 0
+        with _Writer(storage, layout, service) as writer:
+            for stored in objects:
+                writer.put(stored)
+                restored += 1
+                progress(1)
+        return restored
+    finally:
+        release()
 
 
 def reshard(path: Path, shards: int, progress: Progress = quiet) -> Path:
     """Lay the storage dir at `path` out anew on `shards` shards, offline: copied into a new
     dir, checked, then put in its place. Refused while a service uses the dir. The old dir
-    stays beside it; its new name is returned."""
+    stays beside it; its new name is returned.
+
+    A reshard stopped at any point leaves the dir as it was, or the new one in place: the
+    copy is marked once checked, and a copy so marked is put in place by the next reshard, or
+    by the next host to open the dir, if the dir was already put aside."""
     if shards < 1:
         raise ConfigError(f"--shards must be at least 1, not {shards}")
+    finish_reshard(path)
     source = StorageDir(path)
     layout = source.recorded_layout()
     if layout is None:
-        raise ConfigError(f"{path} is not a storage dir with counters in it")
+        raise ConfigError(f"{path} is not a storage dir (it has no {LAYOUT_FILE})")
     service = ServiceId(f"reshard-{uuid.uuid4().hex}", f"counters reshard in pid {os.getpid()}")
     release = source.hold(service)  # StorageDirInUse while a service serves from it
     try:
-        new = path.with_name(f"{path.name}.resharding")
-        if new.exists():  # left by a reshard that did not finish: never in use
+        new = resharding_path(path)
+        if new.exists():  # left by a reshard stopped before its copy was checked
             shutil.rmtree(new)
         target = StorageDir(new)
+        new_layout = Layout(layout.class_name, Placement.SHARDED, shards)
+        target.bind_layout(new_layout)  # a storage dir, even with no counter to copy
         copied = 0
         with (
-            _Writer(target, Layout(layout.class_name, Placement.SHARDED, shards), service) as w,
+            _Writer(target, new_layout, service) as writer,
             contextlib.closing(source.snapshot()) as snapshot,
         ):
             for stored in snapshot:
-                w.put(stored)
+                writer.put(stored)
                 copied += 1
                 progress(1)
         with contextlib.closing(target.snapshot()) as check:
             found = sum(1 for _ in check)
         if found != copied:
             raise ConfigError(f"resharding copied {copied} objects but {found} are in {new}")
-        old = path.with_name(f"{path.name}.before-reshard-{time.strftime('%Y%m%d-%H%M%S')}")
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        old = path.with_name(f"{path.name}.before-reshard-{stamp}")
+        with (new / RESHARD_MARK).open("w") as mark:
+            mark.write(old.name)
+            os.fsync(mark.fileno())
+        sync_folder(new)
         os.rename(path, old)
         os.rename(new, path)
-        _sync_folder(path.parent)
+        (path / RESHARD_MARK).unlink()
+        sync_folder(path.parent)
         return old
     finally:
         release()
@@ -209,17 +259,11 @@ class _Writer:
         batch = self._pending.pop(host, [])
         if not batch:
             return
-        store = self._store(host)
-        ids = {(stored.name, op_id) for stored in batch for op_id, _ in stored.applied}
-        known = store.find_applied(ids)  # a restore run again over a replaced target
-        store.write(
-            changes=_changes(store, batch),
-            applied=(
-                (stored.name, op_id, op)
-                for stored in batch
-                for op_id, op in stored.applied
-                if (stored.name, op_id) not in known
+        self._store(host).write(
+            changes=(
+                (stored.name, key, text) for stored in batch for key, text in stored.state.items()
             ),
+            applied=((stored.name, op_id, op) for stored in batch for op_id, op in stored.applied),
         )
 
     def _store(self, host: str) -> HostStore:
@@ -241,14 +285,6 @@ class _Writer:
             store.close()
 
 
-def _changes(store: HostStore, batch: Iterable[StoredObject]) -> Iterator[tuple[str, str, Any]]:
-    """Each object's keys as the backup has them; keys the target has beyond those, deleted."""
-    for stored in batch:
-        yield from ((stored.name, key, text) for key, text in stored.state.items())
-        for key in store.load(stored.name).keys() - stored.state.keys():
-            yield stored.name, key, DELETED
-
-
 def _line(stored: StoredObject) -> str:
     applied = [[op_id, op.at, op.request, op.result] for op_id, op in stored.applied]
     return json.dumps({"name": stored.name, "state": stored.state, "applied": applied}) + "\n"
@@ -261,17 +297,25 @@ def _objects(path: Path) -> Iterator[StoredObject]:
             record = json.loads(line)
             if record.get("end") is True:
                 return
-            applied = [
-                (op_id, AppliedOp(at, request, result))
-                for op_id, at, request, result in record["applied"]
-            ]
-            yield StoredObject(record["name"], record["state"], applied)
+            yield _stored(record, str(path))
 
 
-def _sync_folder(folder: Path) -> None:
-    """Make a rename in `folder` durable."""
-    fd = os.open(folder, os.O_RDONLY)
+def _stored(record: Any, where: str) -> StoredObject:
+    """One backup line as an object; ConfigError naming `where` if it is not one."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        name = record["name"]
+        state = record["state"]
+        applied = [
+            (op_id, AppliedOp(float(at), request, result))
+            for op_id, at, request, result in record["applied"]
+        ]
+        checks = [isinstance(name, str) and name, isinstance(state, dict)]
+        checks += [isinstance(v, str) for pair in state.items() for v in pair]
+        checks += [
+            isinstance(v, str) for op_id, op in applied for v in (op_id, op.request, op.result)
+        ]
+    except (KeyError, TypeError, ValueError):
+        checks = [False]
+    if not all(checks):
+        raise ConfigError(f"{where}: not an object of a counters backup")
+    return StoredObject(name, state, applied)

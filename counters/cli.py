@@ -339,7 +339,11 @@ def _export(remote: Remote, arguments: argparse.Namespace) -> None:
     if arguments.output is None:
         export_counters(remote, sys.stdout, arguments.prefix)
         return
-    with open(arguments.output, "w", encoding="utf-8") as out, progress_bar("exporting") as bar:
+    try:
+        out = open(arguments.output, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+    except OSError as error:
+        raise ConfigError(f"cannot write {arguments.output}: {error.strerror}") from None
+    with out, progress_bar("exporting") as bar:
         count = export_counters(remote, out, arguments.prefix, bar)
     print(f"exported {count} counters to {arguments.output}", file=sys.stderr)
 

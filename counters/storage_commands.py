@@ -41,7 +41,7 @@ CLASS_NAME = "Counter"  # the object class `counters serve` hosts
 EXIT_CODES = """\
 exit codes:
   0    done
-  1    the storage failed (its message on stderr)
+  1    the storage, or a file or folder given, failed (the message on stderr)
   2    bad usage, or refused: a file or counters would be overwritten (--force), or the
        storage is in use by a running service"""
 
@@ -79,6 +79,10 @@ def _run(work: Callable[[], str]) -> int:
         return 2
     except CountersError as error:
         print(f"counters: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a path we were given: a missing folder, a full disk
+        where = f" {error.filename}" if error.filename else ""
+        print(f"counters: cannot write or read{where}: {error.strerror}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -103,9 +103,12 @@ def _import_one(
             summary.unchanged += 1
             return
         try:
-            remote.set(name, count, if_version=version, key=_key(name, count, version))
-            summary.set += 1
-            return
+            answer = remote.set(name, count, if_version=version, key=_key(name, count, version))
+            if answer.current.count == count:
+                summary.set += 1
+                return
+            # An answer replayed for the key (its id remembered from before), not this change:
+            # nothing was set. Read again; if it stays so, the counter is reported.
         except ErrorAnswer as error:
             if error.status != 412:  # version_mismatch: changed since read, read again
                 raise

@@ -164,6 +164,12 @@ class Storage(Protocol):
         the iterator when done: it holds a connection."""
         ...
 
+    def clear(self) -> None:
+        """Forget every stored object, every remembered id and the layout: a restore that
+        replaces everything. The caller holds the storage (`hold`), so no host writes meanwhile;
+        epochs only grow, so a host that opened the data before is fenced."""
+        ...
+
     def snapshot(self) -> Generator[StoredObject]:
         """Every stored object with its committed keys and the ids it remembers, as of one
         commit: of the whole database (PostgreSQL), or of each host's file (SQLite; a name

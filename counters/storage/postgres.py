@@ -258,6 +258,14 @@ class PostgresStorage:
 
             yield from objects_of(scan_rows(fetch, prefix))
 
+    def clear(self) -> None:
+        with _connect(self.dsn) as db, _translated("cannot clear"), db.transaction():
+            if _recorded_layout(db) is None:
+                return  # no tables: nothing stored
+            db.execute("DELETE FROM counters_kv")
+            db.execute("DELETE FROM counters_applied")
+            db.execute("DELETE FROM counters_meta WHERE key = 'layout'")
+
     def snapshot(self) -> Generator[StoredObject]:
         """One repeatable-read transaction (`interface.Storage.snapshot`): every host's data
         as of one moment, read by server-side cursors a batch at a time."""

@@ -56,6 +56,7 @@ __all__ = ["StorageDir"]
 
 LAYOUT_FILE = "layout.json"
 OWNER_FILE = "owner.lock"
+RESHARD_MARK = "RESHARDED"  # in a checked copy of a dir being resharded: put it in place
 LOCK_WAIT = 5.0  # seconds a host waits for a dying predecessor to let go of its file
 CLAIM_WAIT = 1.0  # seconds a host waits out hosts of its own service claiming the dir at once
 
@@ -91,6 +92,11 @@ class StorageDir:
         """
         files = sorted((self.path / "hosts").glob("*.sqlite3"))
         yield from objects_of(heapq.merge(*(_file_rows(path, prefix, after) for path in files)))
+
+    def clear(self) -> None:
+        for path in (self.path / "hosts").glob("*.sqlite3*"):  # with their WAL and shared memory
+            path.unlink()
+        (self.path / LAYOUT_FILE).unlink(missing_ok=True)
 
     def snapshot(self) -> Generator[StoredObject]:
         """Each host's file in one read transaction (`interface.Storage.snapshot`): a WAL
@@ -199,6 +205,8 @@ class StorageDir:
         }
         target = self.path / LAYOUT_FILE
         try:
+            if not self.path.exists():
+                finish_reshard(self.path)  # else a host would start on an empty dir
             self.path.mkdir(parents=True, exist_ok=True)
             if not target.exists():
                 # Write aside, then link: of several hosts starting at once exactly one wins,
@@ -269,21 +277,55 @@ def _file_rows(path: Path, prefix: str, after: str) -> Iterator[Row]:
         db.close()
 
 
+def resharding_path(path: Path) -> Path:
+    """Where a reshard of the dir at `path` builds its copy."""
+    return path.with_name(f"{path.name}.resharding")
+
+
+def finish_reshard(path: Path) -> None:
+    """A reshard that stopped after putting the dir at `path` aside and before putting its
+    checked copy in place (`backup.reshard`): put the copy in place now."""
+    copy = resharding_path(path)
+    if path.exists() or not (copy / RESHARD_MARK).exists():
+        return
+    os.rename(copy, path)
+    (path / RESHARD_MARK).unlink()
+    sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# Where a file keeps its ids, by the tables it has: a file a host has not opened since an
+# older release is read as that release wrote it (its host migrates it when it opens it).
+_IDS_BY_TABLE = {
+    "applied_ids": (
+        "SELECT object, op_id, at, request, result FROM applied_ids ORDER BY object, seq"
+    ),
+    "applied": "SELECT object, op_id, at, request, result FROM applied ORDER BY object, at",
+}
+
+
 def _file_snapshot(path: Path) -> Iterator[StoredObject]:
     try:
         db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, isolation_level=None)
     except sqlite3.Error as error:
         raise StorageFailed(f"cannot read {path}: {error}") from None
     try:
-        db.execute("BEGIN")  # both queries read the same commit
+        db.execute("BEGIN")  # every query below reads the same commit
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        if "kv" not in tables:
+            return  # a host is creating the file at this moment: nothing stored yet
         rows = db.execute("SELECT object, key, value FROM kv ORDER BY object, key")
-        ids = db.execute(
-            "SELECT object, op_id, at, request, result FROM applied_ids ORDER BY object, seq"
-        )
+        query = next((_IDS_BY_TABLE[t] for t in _IDS_BY_TABLE if t in tables), None)
+        ids = db.execute(query) if query is not None else iter(())
         yield from merged_objects(rows, ids)
-    except sqlite3.OperationalError as error:
-        if "no such table" not in str(error):  # else a host is creating it: nothing stored
-            raise StorageFailed(f"cannot read {path}: {error}") from None
     except sqlite3.Error as error:
         raise StorageFailed(f"cannot read {path}: {error}") from None
     finally:

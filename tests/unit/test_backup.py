@@ -3,7 +3,12 @@ Ray: hosts write, a backup reads their snapshot, a restore writes through the ho
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +18,7 @@ from counters.counter import Counter
 from counters.errors import ConfigError, StorageDirInUse
 from counters.host import ObjectHost
 from counters.placement import Layout, Placement, host_name
-from counters.storage import ServiceId, Storage, StorageDir
+from counters.storage import ServiceId, Storage, StorageDir, sqlite
 from counters.storage.postgres import PostgresStorage
 
 SHARDS = Layout("Counter", Placement.SHARDED, 2)
@@ -134,3 +139,143 @@ def test_resharding_keeps_every_count_and_is_refused_while_a_service_holds_the_d
     with pytest.raises(ConfigError, match="laid out as"):
         stale.call("c-1", "increment", 1)
     stale.close()
+
+
+def test_a_host_file_an_older_release_left_is_backed_up_and_resharded_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "storage"
+    layout = Layout("Counter", Placement.SHARDED, 1)
+    with monkeypatch.context() as older:
+        older.setattr(sqlite, "MIGRATIONS", sqlite.MIGRATIONS[:2])  # ids in `applied` then
+        store = StorageDir(path).open_host(
+            host_name(layout, "A"), layout, ServiceId("old", "an older release")
+        )
+        store.write([("A", "count", "[41, 7]"), ("B", "count", "[3, 1]")])
+        store.close()
+    with contextlib.closing(
+        sqlite3.connect(StorageDir(path).host_path(host_name(layout, "A")))
+    ) as db:
+        db.execute("INSERT INTO applied VALUES ('A', 'op-1', 1.0, 'add(1)', '[41, 7]')")
+        db.commit()
+    backup(StorageDir(path), tmp_path / "b", "Counter")
+    _, objects = read_backup(tmp_path / "b")
+    assert [(o.name, o.state, [i for i, _ in o.applied]) for o in objects] == [
+        ("A", {"count": "[41, 7]"}, ["op-1"]),
+        ("B", {"count": "[3, 1]"}, []),
+    ]
+    reshard(path, 2)
+    assert {name: state for name, state in StorageDir(path).scan("", "")} == {
+        "A": {"count": "[41, 7]"},
+        "B": {"count": "[3, 1]"},
+    }
+
+
+def test_a_reshard_stopped_between_its_renames_is_finished_by_the_next_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "storage"
+    counts = fill(StorageDir(path))
+    renames = 0
+    real_rename = os.rename
+
+    def rename_then_stop(source: Path, target: Path) -> None:
+        nonlocal renames
+        renames += 1
+        if renames == 2:  # the dir is aside, its copy not yet in place: a crash here
+            raise KeyboardInterrupt
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", rename_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        reshard(path, 3)
+    monkeypatch.undo()
+    assert not path.exists()
+    # The next host to open the dir puts the checked copy in place, not an empty dir.
+    layout = Layout("Counter", Placement.SHARDED, 3)
+    assert read_all(StorageDir(path), layout) == counts
+    assert [p.name for p in tmp_path.iterdir() if "resharding" in p.name] == []
+
+
+def test_a_dir_with_nothing_stored_reshards_and_a_missing_one_is_no_backup(tmp_path: Path) -> None:
+    path = tmp_path / "storage"
+    StorageDir(path).bind_layout(SHARDS)  # what a service that was only read from leaves
+    reshard(path, 3)
+    assert StorageDir(path).recorded_layout() == Layout("Counter", Placement.SHARDED, 3)
+    with pytest.raises(ConfigError, match="not a storage dir"):
+        backup(StorageDir(tmp_path / "typo"), tmp_path / "b", "Counter")
+    with pytest.raises(ConfigError, match="outside the storage dir"):
+        backup(StorageDir(path), path / "hosts" / "b", "Counter")
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_forced_restore_leaves_exactly_the_backup_ids_and_versions_included(
+    storage: Storage, tmp_path: Path
+) -> None:
+    fill(storage)
+    backup(storage, tmp_path / "b", "Counter")
+    host = ObjectHost(Counter, host_name(SHARDS, "c-5"), storage, SHARDS)
+    assert host.call("c-5", "increment", 10, op_id="after-backup") == 13  # 3 before
+    host.close()
+    restore(tmp_path / "b", storage, Placement.SHARDED, 2, force=True)
+    host = ObjectHost(Counter, host_name(SHARDS, "c-5"), storage, SHARDS)
+    assert host.call("c-5", "read") == [3, 2]  # count and version as backed up
+    # The change after the backup was undone by the restore: sent again, it applies again.
+    assert host.call("c-5", "increment", 10, op_id="after-backup") == 13
+    assert host.call("c-5", "read") == [13, 3]
+    host.close()
+    with contextlib.closing(storage.snapshot()) as after:
+        restored = {o.name: o for o in after}
+    _, objects = read_backup(tmp_path / "b")
+    backed_up = {o.name: o for o in objects}
+    del restored["c-5"], backed_up["c-5"]
+    assert restored == backed_up
+
+
+@pytest.mark.parametrize("damage", ["cut", "dropped", "doubled", "edited"])
+def test_a_damaged_backup_is_refused_before_anything_is_written(
+    tmp_path: Path, damage: str
+) -> None:
+    fill(StorageDir(tmp_path / "source"))
+    path = tmp_path / "b"
+    backup(StorageDir(tmp_path / "source"), path, "Counter")
+    lines = path.read_text().splitlines(keepends=True)
+    if damage == "cut":
+        lines[10] = lines[10][:20] + "\n"
+    elif damage == "dropped":
+        del lines[10]
+    elif damage == "doubled":
+        lines.insert(10, lines[10])
+    else:
+        lines[10] = json.dumps({"name": 7, "state": {}, "applied": []}) + "\n"
+    path.write_text("".join(lines))
+    with pytest.raises(ConfigError, match=str(path)):
+        restore(path, StorageDir(tmp_path / "target"), Placement.SHARDED, 1)
+    assert not (tmp_path / "target" / "hosts").exists()
+
+
+def test_the_commands_say_what_went_wrong_without_a_traceback(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    fill(StorageDir(storage))
+
+    def counters(*arguments: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "counters", *arguments]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    cases = [
+        (["backup", str(tmp_path / "no" / "b"), "--storage-dir", str(storage)], 1, "cannot"),
+        (
+            ["backup", str(tmp_path / "b"), "--storage-dir", str(tmp_path / "typo")],
+            2,
+            "not a storage dir",
+        ),
+        (["backup", str(tmp_path), "--storage-dir", str(storage)], 2, "is a folder"),
+        (["restore", str(tmp_path / "none"), "--storage-dir", str(tmp_path / "t")], 2, "cannot"),
+        (["export", "-o", str(tmp_path / "no" / "x"), "--url", "http://127.0.0.1:9"], 2, "cannot"),
+    ]
+    for arguments, code, complaint in cases:
+        result = counters(*arguments)
+        assert (result.returncode, result.stdout) == (code, ""), (arguments, result.stderr)
+        assert result.stderr.startswith("counters: "), result.stderr
+        assert complaint in result.stderr
+        assert "Traceback" not in result.stderr
