@@ -46,11 +46,19 @@ def environment(**extra: str) -> dict[str, str]:
     return inherited | {"RAY_USAGE_STATS_ENABLED": "0"} | extra
 
 
+# `python -m counters`, with Ctrl-C as a terminal delivers it: a test run started in the
+# background of a shell without job control inherits SIGINT ignored, and so would the command.
+COUNTERS = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from counters.cli import main; sys.exit(main())"
+)
+
+
 async def start(url: str, *args: str, env: dict[str, str] | None = None) -> Any:
     return await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "counters",
+        "-c",
+        COUNTERS,
         *args,
         *(["--url", url] if url else []),
         stdout=asyncio.subprocess.PIPE,
