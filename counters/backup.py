@@ -137,18 +137,19 @@ def read_backup(path: Path) -> tuple[dict[str, Any], Iterator[StoredObject]]:
 
 
 def restore(
-    path: Path,
+    backup: tuple[dict[str, Any], Iterator[StoredObject]],
     storage: Storage,
     placement: Placement = Placement.SHARDED,
     shards: int = 1,
     force: bool = False,
     progress: Progress = quiet,
 ) -> int:
-    """Write the backup at `path` into `storage`, laid out as `placement` and `shards`; how
-    many objects. Refuses storage in use by a service, and storage that holds counters unless
-    `force`: then everything there is forgotten first (`Storage.clear`), so that afterwards
-    the storage holds exactly the backup: its counts, versions and remembered ids."""
-    header, objects = read_backup(path)
+    """Write `backup` (as `read_backup` read and checked it) into `storage`, laid out as
+    `placement` and `shards`; how many objects. Refuses storage in use by a service, and
+    storage that holds counters unless `force`: then everything there is forgotten first
+    (`Storage.clear`), so that afterwards the storage holds exactly the backup: its counts,
+    versions and remembered ids."""
+    header, objects = backup
     layout = Layout(header["class_name"], placement, shards)
     service = ServiceId(f"restore-{uuid.uuid4().hex}", f"counters restore in pid {os.getpid()}")
     release = storage.hold(service)  # StorageDirInUse while a service serves from it
@@ -257,9 +258,11 @@ class _Writer:
 
     def _flush(self, host: str) -> None:
         batch = self._pending.pop(host, [])
-        if not batch:
-            return
-        self._store(host).write(
+        if batch:
+            self._write(self._store(host), batch)
+
+    def _write(self, store: HostStore, batch: list[StoredObject]) -> None:
+        store.write(
             changes=(
                 (stored.name, key, text) for stored in batch for key, text in stored.state.items()
             ),
@@ -269,20 +272,17 @@ class _Writer:
     def _store(self, host: str) -> HostStore:
         store = self._stores.get(host)
         if store is None:
-            while len(self._stores) >= OPEN_STORES:
+            while len(self._stores) >= OPEN_STORES:  # the least recently used goes, written
                 oldest, closing = self._stores.popitem(last=False)
-                self._flush_closed(oldest, closing)
+                try:
+                    batch = self._pending.pop(oldest, [])
+                    if batch:
+                        self._write(closing, batch)
+                finally:
+                    closing.close()
             store = self._stores[host] = self._storage.open_host(host, self._layout, self._service)
         self._stores.move_to_end(host)
         return store
-
-    def _flush_closed(self, host: str, store: HostStore) -> None:
-        self._stores[host] = store  # written with it, then let go
-        try:
-            self._flush(host)
-        finally:
-            del self._stores[host]
-            store.close()
 
 
 def _line(stored: StoredObject) -> str:

@@ -140,9 +140,11 @@ def restore_command(arguments: argparse.Namespace) -> int:
         )
         if placement is Placement.PER_NAME:
             shards = 1
-        header, _ = read_backup(arguments.path)
+        header, objects = read_backup(arguments.path)
         with progress_bar("restoring", header["objects"]) as progress:
-            count = restore(arguments.path, storage, placement, shards, arguments.force, progress)
+            count = restore(
+                (header, objects), storage, placement, shards, arguments.force, progress
+            )
         laid_out = f"{shards} shard(s)" if placement is Placement.SHARDED else "per name"
         return (
             f"restored {count} counters, backed up from the {header['source']} at "

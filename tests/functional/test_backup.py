@@ -53,7 +53,8 @@ async def test_a_backup_under_load_holds_every_acknowledged_count_and_restores_e
         assert before[name] <= backed_up[name] <= after[name] + 1, name
 
     elsewhere = make_namespace(Placement.SHARDED, storage_dir=tmp_path / "restored", shards=3)
-    await asyncio.to_thread(restore, path, elsewhere.settings.storage(), Placement.SHARDED, 3)
+    taken = read_backup(path)
+    await asyncio.to_thread(restore, taken, elsewhere.settings.storage(), Placement.SHARDED, 3)
     restored = await elsewhere.get_many(names)
     assert {value.name: value.count for value in restored} == backed_up
     assert {value.name: value.version for value in restored} == backed_up

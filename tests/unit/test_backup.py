@@ -73,7 +73,7 @@ def test_a_backup_restores_every_count_and_every_remembered_id(
         if target_kind == "sqlite"
         else PostgresStorage(request.getfixturevalue("postgres_server").create_database())
     )
-    assert restore(path, target, Placement.SHARDED, 3) == len(NAMES) + 1
+    assert restore(read_backup(path), target, Placement.SHARDED, 3) == len(NAMES) + 1
     layout = Layout("Counter", Placement.SHARDED, 3)
     assert read_all(target, layout) == counts
     # An operation sent before the backup and sent again after the restore: applied once.
@@ -96,8 +96,8 @@ def test_a_restore_refuses_storage_with_counters_unless_told_and_then_replaces_t
     host.call("c-1", "increment", 100)
     host.close()
     with pytest.raises(ConfigError, match="holds 2 counter"):
-        restore(path, target, Placement.SHARDED, 2)
-    restore(path, target, Placement.SHARDED, 2, force=True)
+        restore(read_backup(path), target, Placement.SHARDED, 2)
+    restore(read_backup(path), target, Placement.SHARDED, 2, force=True)
     assert read_all(target, SHARDS) == counts
     host = ObjectHost(Counter, host_name(SHARDS, "extra"), target, SHARDS)
     assert host.call("extra", "get_counter_value") == 0  # not in the backup: deleted
@@ -114,7 +114,7 @@ def test_a_backup_that_did_not_finish_is_refused(tmp_path: Path) -> None:
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:-1]))  # cut before its end line
     with pytest.raises(ConfigError, match="not whole"):
-        restore(path, StorageDir(tmp_path / "t"), Placement.SHARDED, 1)
+        restore(read_backup(path), StorageDir(tmp_path / "t"), Placement.SHARDED, 1)
     path.write_text(json.dumps({"format": "something else"}) + "\n")
     with pytest.raises(ConfigError, match="not a counters backup"):
         read_backup(path)
@@ -217,7 +217,7 @@ def test_a_forced_restore_leaves_exactly_the_backup_ids_and_versions_included(
     host = ObjectHost(Counter, host_name(SHARDS, "c-5"), storage, SHARDS)
     assert host.call("c-5", "increment", 10, op_id="after-backup") == 13  # 3 before
     host.close()
-    restore(tmp_path / "b", storage, Placement.SHARDED, 2, force=True)
+    restore(read_backup(tmp_path / "b"), storage, Placement.SHARDED, 2, force=True)
     host = ObjectHost(Counter, host_name(SHARDS, "c-5"), storage, SHARDS)
     assert host.call("c-5", "read") == [3, 2]  # count and version as backed up
     # The change after the backup was undone by the restore: sent again, it applies again.
@@ -250,7 +250,7 @@ def test_a_damaged_backup_is_refused_before_anything_is_written(
         lines[10] = json.dumps({"name": 7, "state": {}, "applied": []}) + "\n"
     path.write_text("".join(lines))
     with pytest.raises(ConfigError, match=str(path)):
-        restore(path, StorageDir(tmp_path / "target"), Placement.SHARDED, 1)
+        restore(read_backup(path), StorageDir(tmp_path / "target"), Placement.SHARDED, 1)
     assert not (tmp_path / "target" / "hosts").exists()
 
 
