@@ -27,7 +27,9 @@ psycopg 3, synchronous: a host runs one batch at a time on its own thread, so a 
 connection is what it needs, and it costs no event loop in the host. A batch's rows travel as
 one JSON parameter, which the server unpacks: Python's json is C, where psycopg quotes the
 elements of a text array one by one in Python (measured: 76 against 273 microseconds of the
-host's CPU for a statement of 64 records).
+host's CPU for a statement of 64 records). The server reads it as jsonb, parsed once, where
+json's `->>` parses each element again for every column taken from it (a tenth of the server's
+time per commit).
 """
 
 from __future__ import annotations
@@ -128,14 +130,14 @@ _OWNED = "WITH owner AS (SELECT FROM counters_hosts WHERE name = %s AND epoch = 
 _PARTS = {
     "upsert": (
         "upserted AS (INSERT INTO counters_kv (object, key, value) "
-        "SELECT r->>0, r->>1, r->>2 FROM json_array_elements(%s::json) r "
+        "SELECT r->>0, r->>1, r->>2 FROM jsonb_array_elements(%s::jsonb) r "
         "WHERE EXISTS (SELECT FROM owner) "
         "ON CONFLICT (object, key) DO UPDATE SET value = excluded.value)"
     ),
     # Index look-ups only, whatever the plan cached for the prepared statement (see _FIND):
     # the keys' two columns as arrays bound the scan, and the pairs then pick exactly.
     "delete": (
-        "gone AS (SELECT r->>0 AS object, r->>1 AS key FROM json_array_elements(%s::json) r), "
+        "gone AS (SELECT r->>0 AS object, r->>1 AS key FROM jsonb_array_elements(%s::jsonb) r), "
         "deleted AS (DELETE FROM counters_kv WHERE EXISTS (SELECT FROM owner) "
         "AND object = ANY (ARRAY(SELECT object FROM gone)) "
         "AND key = ANY (ARRAY(SELECT key FROM gone)) "
@@ -144,7 +146,7 @@ _PARTS = {
     "record": (
         "recorded AS (INSERT INTO counters_applied (host, op_id, object, at, request, result) "
         "SELECT %s, r->>0, r->>1, (r->>2)::float8, r->>3, r->>4 "
-        "FROM json_array_elements(%s::json) r WHERE EXISTS (SELECT FROM owner))"
+        "FROM jsonb_array_elements(%s::jsonb) r WHERE EXISTS (SELECT FROM owner))"
     ),
     # Of this host's oldest `count` ids, those before the first recorded at or after a time:
     # oldest first, so a clock that stepped back stops the forgetting early (more kept).
@@ -160,7 +162,7 @@ _PARTS = {
 # walked the whole index (7 ms per batch at 60,000 ids, growing with them).
 _FIND = (
     "SELECT a.op_id, a.object, a.at, a.request, a.result "
-    "FROM json_array_elements(%s::json) w, LATERAL (SELECT * FROM counters_applied "
+    "FROM jsonb_array_elements(%s::jsonb) w, LATERAL (SELECT * FROM counters_applied "
     "WHERE op_id = w->>0 AND object = w->>1 LIMIT 1) a"
 )
 # ORDER BY host too: the index on (host, seq) then serves it, never a walk of the whole table's
