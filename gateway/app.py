@@ -203,12 +203,9 @@ class Gateway:
         finally:
             self._in_progress -= 1
         method = request.method
-        self._metrics.request(
-            "other" if route is None else path,
-            method if method in _METHODS else "other",
-            response.status,
-            time.perf_counter() - started,
-        )
+        counted = "other" if route is None else path
+        self._metrics.request(counted, method if method in _METHODS else "other", response.status)
+        self._process_metrics.observe(counted, time.perf_counter() - started)
         return response
 
     @contextlib.asynccontextmanager

@@ -205,8 +205,20 @@ async def _counted(
     assert sorted(r["metric"]["host"].rpartition(".")[2] for r in queued) == sorted(hosts)
     assert {r["value"][1] for r in queued} == {"0"}
 
-    # The gateway's own page, scraped with the token: its process, and nothing Ray exports.
+    # The gateway's own page, scraped with the token: its process, every request's latency,
+    # and nothing Ray exports.
     gateway_job = 'job="counters-gateway"'
+    latency = "counters_http_request_duration_seconds"
+    for route, made in (("/increment", 42), ("other", 1)):
+        count = f'{latency}_count{{{gateway_job}, route="{route}"}}'
+        await asyncio.to_thread(prometheus.wait_for, count, made)
+        bucket = f'{latency}_bucket{{{gateway_job}, route="{route}", le="+Inf"}}'
+        assert await asyncio.to_thread(prometheus.value, bucket) == made
+    took = await asyncio.to_thread(
+        prometheus.value, f'{latency}_sum{{{gateway_job}, route="/increment"}}'
+    )
+    assert took is not None
+    assert 0 < took < 42 * 5  # the seconds they took, not bucket midpoints
     assert (
         await asyncio.to_thread(
             prometheus.value, f"counters_gateway_watch_streams{{{gateway_job}}}"
@@ -219,7 +231,9 @@ async def _counted(
     assert memory is not None
     assert memory > 10_000_000
     assert (
-        await asyncio.to_thread(prometheus.query, f'{{{gateway_job}, __name__=~"counters_http.*"}}')
+        await asyncio.to_thread(
+            prometheus.query, f'{{{gateway_job}, __name__=~"counters_http_requests.*"}}'
+        )
         == []
     )
 
@@ -278,7 +292,11 @@ async def test_the_gateways_own_page_needs_the_token_and_holds_its_process(
     assert re.search(r"^counters_gateway_requests_in_progress 1\.0$", text, re.M)  # this one
     assert re.search(r"^counters_gateway_watch_streams 0\.0$", text, re.M)
     assert re.search(r"^process_resident_memory_bytes \d", text, re.M)
-    assert "counters_http" not in text  # Ray exports those: not twice
+    # The refused request's latency, once; this one is not answered yet.
+    assert re.search(
+        r'^counters_http_request_duration_seconds_count\{route="/metrics"\} 1\.0$', text, re.M
+    )
+    assert "counters_http_requests" not in text  # Ray exports those: not twice
 
 
 def ray_export(name: str, **labels: str) -> float:
