@@ -97,8 +97,13 @@ class ChannelServer:
         self._dir = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-", dir=parent))
         path = self._dir / "host.sock"
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(str(path))
-        self._listener.listen(64)
+        try:
+            self._listener.bind(str(path))  # OSError for a path past the 107 bytes allowed
+            self._listener.listen(64)
+        except BaseException:
+            self._listener.close()
+            self._dir.rmdir()
+            raise
         self.address = ChannelAddress(node_id, str(path), secrets.token_bytes(TOKEN_BYTES))
         self.batches = 0  # batches served, over all connections
         self._counting = threading.Lock()
