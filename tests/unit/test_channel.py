@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -23,16 +25,25 @@ from counters.placement import Layout, Placement
 LAYOUT = Layout("Counter", Placement.SHARDED, 1)
 
 
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A folder of our own under /tmp: a Unix socket's path may not pass 107 bytes, which a
+    socket in pytest's `tmp_path` can (under pytest-xdist, its paths are longer)."""
+    folder = Path(tempfile.mkdtemp(prefix="channel-test-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 class Served:
     """A host behind a channel server, as `runtime.py` wires them, with a switch to refuse."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.storage_dir = str(tmp_path / "storage")
+    def __init__(self, short_tmp: Path) -> None:
+        self.storage_dir = str(short_tmp / "storage")
         self.host = ObjectHost(Counter, "Counter.shard-0-of-1", self.storage_dir, LAYOUT)
         self.lock = threading.RLock()
         self.refusing = False
         self.group = GroupCommit(self.host.apply, self.lock, lambda: self.refusing)
-        self.server = ChannelServer("node-1", self.serve, parent=tmp_path)
+        self.server = ChannelServer("node-1", self.serve, parent=short_tmp)
 
     def serve(self, operations: Sequence[Operation]) -> tuple[Outcome, ...] | None:
         return self.group.apply(operations, refusable=True)
@@ -44,8 +55,8 @@ class Served:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    served = Served(tmp_path)
+def served(short_tmp: Path) -> Iterator[Served]:
+    served = Served(short_tmp)
     yield served
     served.server.close()
 
@@ -125,8 +136,8 @@ async def test_errors_come_back_by_position_and_fail_alone(served: Served) -> No
     channel.close()
 
 
-async def test_nobody_listening_is_an_os_error(tmp_path: Path) -> None:
-    address = ChannelAddress("node-1", str(tmp_path / "nobody.sock"), b"t" * 32)
+async def test_nobody_listening_is_an_os_error(short_tmp: Path) -> None:
+    address = ChannelAddress("node-1", str(short_tmp / "nobody.sock"), b"t" * 32)
     with pytest.raises(FileNotFoundError):
         await Channel.open("h", address)
 
@@ -151,23 +162,23 @@ def bound_socket_dir(parent: Path, name: str) -> tuple[Path, socket.socket]:
     return directory, sock
 
 
-def test_socket_dirs_nobody_listens_in_are_removed_whatever_their_pid(tmp_path: Path) -> None:
+def test_socket_dirs_nobody_listens_in_are_removed_whatever_their_pid(short_tmp: Path) -> None:
     # A live host in another PID namespace that shares the temp dir: a pid we do not see.
-    foreign, listener = bound_socket_dir(tmp_path, "counters-channel-999999999-abc")
+    foreign, listener = bound_socket_dir(short_tmp, "counters-channel-999999999-abc")
     listener.listen()
     # A killed host leaves its socket file, which nobody listens on; the pid in the name may
     # well be a live process's again (here: ours).
-    dead, killed = bound_socket_dir(tmp_path, f"counters-channel-{os.getpid()}-def")
+    dead, killed = bound_socket_dir(short_tmp, f"counters-channel-{os.getpid()}-def")
     killed.close()
-    empty = tmp_path / "counters-channel-999999998-ghi"  # killed before it bound its socket
+    empty = short_tmp / "counters-channel-999999998-ghi"  # killed before it bound its socket
     empty.mkdir()
     an_hour_ago = time.time() - 3600
     for directory in (foreign, dead, empty):
         os.utime(directory, (an_hour_ago, an_hour_ago))
-    starting = tmp_path / "counters-channel-999999997-jkl"  # a host about to bind and listen
+    starting = short_tmp / "counters-channel-999999997-jkl"  # a host about to bind and listen
     starting.mkdir()
     try:
-        server = ChannelServer("node-1", lambda operations: None, parent=tmp_path)
+        server = ChannelServer("node-1", lambda operations: None, parent=short_tmp)
         server.close()
         assert (foreign / "host.sock").is_socket()
         assert starting.exists()
@@ -179,9 +190,19 @@ def test_socket_dirs_nobody_listens_in_are_removed_whatever_their_pid(tmp_path: 
         listener.close()
 
 
-def test_a_socket_dir_is_private_and_removed_on_close(tmp_path: Path) -> None:
-    server = ChannelServer("node-1", lambda operations: None, parent=tmp_path)
+def test_a_socket_dir_is_private_and_removed_on_close(short_tmp: Path) -> None:
+    server = ChannelServer("node-1", lambda operations: None, parent=short_tmp)
     assert Path(server.address.path).is_socket()
     assert oct(Path(server.address.path).parent.stat().st_mode & 0o777) == "0o700"
     server.close()
     assert not Path(server.address.path).parent.exists()
+
+
+def test_a_socket_path_too_long_is_an_os_error_that_leaves_nothing_open(short_tmp: Path) -> None:
+    deep = short_tmp / ("d" * 100)
+    deep.mkdir()
+    open_before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError, match="too long"):
+        ChannelServer("node-1", lambda operations: None, parent=deep)
+    assert len(os.listdir("/proc/self/fd")) == open_before  # the listening socket was closed
+    assert list(deep.iterdir()) == []  # and its folder removed
