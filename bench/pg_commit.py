@@ -115,7 +115,9 @@ def main() -> None:
     finally:
         server.remove()
     what = "one counter" if args.hot else f"{len(args.names):,} counters"
-    print(f"{args.commits:,} commits of {args.batch} increments over {what}, {args.rounds} rounds")
+    print(
+        f"{args.commits:,} commits of {args.batch} increments over {what}, {args.rounds} round(s)"
+    )
     print(f"{'':6} {'incr/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'server us':>10} {'host us':>8}")
     for variant, figures in results.items():
         medians = [statistics.median(f[i] for f in figures) for i in range(len(Figures._fields))]

@@ -65,6 +65,13 @@ def test_id_layout_bench_compares_both_layouts() -> None:
     assert re.search(r"^recorded is [\d.]+ x as fast", out, re.MULTILINE), out
 
 
+def test_pg_commit_bench_compares_both_statements() -> None:
+    out = run_bench("pg_commit.py", "--names", "200", "--commits", "100", "--rounds", "1")
+    for variant in ("json", "jsonb"):
+        assert re.search(rf"^{variant} +[\d,]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M), out
+    assert "100 commits of 24 increments over 200 counters, 1 round(s)" in out, out
+
+
 def run_bench(script: str, *arguments: str) -> str:
     """A bench script's output, once it exited cleanly."""
     command = [sys.executable, str(BENCH.parent / script), *arguments]
