@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from counters.backup import backup, read_backup, restore
+from counters.cli.backup import backup, read_backup, restore
 from counters.placement import Placement
 
 from .conftest import NamespaceFactory

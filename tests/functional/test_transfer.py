@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from counters.remote import Remote, RemoteConfig
-from counters.transfer import export_counters, import_counters, parse_export
+from counters.cli.remote import Remote, RemoteConfig
+from counters.cli.transfer import export_counters, import_counters, parse_export
 
 from .conftest import NamespaceFactory, gateway_server
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from counters.backup import backup, read_backup, reshard, restore
+from counters.cli.backup import backup, read_backup, reshard, restore
 from counters.counter import Counter
 from counters.errors import ConfigError, StorageDirInUse
 from counters.host import ObjectHost

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from counters.cli import _parser, main
+from counters.cli.commands import _parser, main
 from counters.settings import ENV_PREFIX, Settings
 
 README = (Path(__file__).parents[2] / "README.md").read_text()

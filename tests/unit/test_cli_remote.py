@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from counters.cli import COMMANDS, EXIT_CODES, _parser
+from counters.cli.commands import COMMANDS, EXIT_CODES, _parser
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 REMOTE = ["get", "incr", "decr", "set", "delete", "list", "watch"]

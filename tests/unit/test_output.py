@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from counters.output import as_json, change_line, table, watch_line
+from counters.cli.output import as_json, change_line, table, watch_line
 from counters.values import CounterValue, Replaced
 
 

@@ -6,7 +6,7 @@ import io
 import os
 import select
 
-from counters.progress import progress_bar, quiet
+from counters.cli.progress import progress_bar, quiet
 
 
 def test_a_terminal_gets_a_bar_with_the_count_done() -> None:

@@ -17,8 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from counters.errors import ConfigError
-from counters.remote import (
+from counters.cli.remote import (
     DEFAULT_URL,
     CannotConnect,
     ErrorAnswer,
@@ -27,6 +26,7 @@ from counters.remote import (
     Remote,
     RemoteConfig,
 )
+from counters.errors import ConfigError
 from counters.values import CounterValue, Replaced
 
 

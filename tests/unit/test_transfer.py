@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from counters.cli.transfer import parse_export
 from counters.errors import ConfigError
-from counters.transfer import parse_export
 
 
 def test_a_good_file_reads_as_names_and_counts() -> None:

@@ -23,10 +23,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from .errors import ConfigError, CountersError
+from ..errors import ConfigError, CountersError
+from ..validation import INT64_MAX, INT64_MIN, validate_name
 from .progress import Progress, quiet
 from .remote import MAX_NAMES, ErrorAnswer, Remote
-from .validation import INT64_MAX, INT64_MIN, validate_name
 
 __all__ = ["ImportSummary", "export_counters", "import_counters", "parse_export"]
 

@@ -12,10 +12,10 @@ from aiohttp import web
 
 from gateway import Gateway
 
-from .client import Namespace
-from .placement import Placement
-from .runtime import start_ray, tune_gc
-from .settings import Settings
+from ..client import Namespace
+from ..placement import Placement
+from ..runtime import start_ray, tune_gc
+from ..settings import Settings
 
 __all__ = ["serve"]
 

@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
-from .errors import ConfigError
-from .op_ids import new_op_id
-from .token_file import read_token_file
-from .values import CounterValue, Replaced
+from ..errors import ConfigError
+from ..op_ids import new_op_id
+from ..token_file import read_token_file
+from ..values import CounterValue, Replaced
 
 __all__ = [
     "DEFAULT_URL",

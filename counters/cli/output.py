@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from .values import CounterValue, Replaced
+from ..values import CounterValue, Replaced
 
 __all__ = ["as_json", "change_line", "table", "watch_line"]
 

@@ -1,6 +1,6 @@
 """The `counters` command: `serve` runs the service; the others use a running one over HTTP.
 
-    counters serve [flags]           Ray, the host actors and the HTTP gateway (`counters.serve`)
+    counters serve [flags]           Ray, the host actors and the HTTP gateway (`serve.py`)
     counters get NAME...             the counters, a table (--json: a line of JSON each)
     counters incr NAME [AMOUNT]      add (default 1); --min/--max bounds, --if-version
     counters decr NAME [AMOUNT]      subtract, likewise
@@ -8,7 +8,7 @@
     counters delete NAME             forget the counter
     counters list [--prefix P]       the counters that exist, every page
     counters watch NAME...           each value now, then every change, until Ctrl-C
-    counters export [--prefix P]     the counters as JSON lines (`counters.transfer`)
+    counters export [--prefix P]     the counters as JSON lines (`transfer.py`)
     counters import FILE             set counters to a file's counts; twice changes nothing
     counters backup PATH             a consistent snapshot of the storage (`storage_commands`)
     counters restore PATH            a backup into new storage
@@ -18,7 +18,7 @@
 again on Ctrl-C or SIGTERM; with one, it joins that cluster and leaves it running.
 
 The others talk to the gateway at ``--url`` (``COUNTERS_URL``, default http://127.0.0.1:8787)
-through `counters.remote`, on the standard library alone: they load neither Ray nor aiohttp.
+through `remote.py`, on the standard library alone: they load neither Ray nor aiohttp.
 
 Each subcommand is a `Command` in `COMMANDS`: its name and help, a function that adds its
 arguments, and one that runs it and returns the exit code. `main` adds the arguments of the
@@ -40,7 +40,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..values import CounterValue
 from .output import as_json, change_line, table, watch_line
 from .remote import DEFAULT_URL, CannotConnect, ErrorAnswer, Remote, RemoteConfig
 from .storage_commands import (
@@ -55,7 +56,6 @@ from .storage_commands import (
     restore_command,
 )
 from .storage_commands import EXIT_CODES as STORAGE_EXIT_CODES
-from .values import CounterValue
 
 __all__ = ["COMMANDS", "Command", "main"]
 
@@ -134,8 +134,8 @@ _FLAGS: list[tuple[str, type, str]] = [
 
 
 def _serve_arguments(serve: argparse.ArgumentParser) -> None:
-    from .placement import Placement
-    from .settings import Settings
+    from ..placement import Placement
+    from ..settings import Settings
 
     defaults = Settings()
     for name, kind, text in _FLAGS:
@@ -160,7 +160,7 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
 
 
 def _serve(arguments: argparse.Namespace) -> int:
-    from .settings import Settings
+    from ..settings import Settings
 
     flags = {name: value for name, value in vars(arguments).items() if name != "command"}
     logging.basicConfig(

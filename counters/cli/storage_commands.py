@@ -6,7 +6,7 @@
 
 Storage is named as `counters serve` names it: ``--storage-dir`` (``COUNTERS_STORAGE_DIR``,
 default ``.counters``) or ``--database`` (``COUNTERS_DATABASE``). A storage dir is read and
-written on its own node. The work is `counters.backup`'s; here are arguments, progress and
+written on its own node. The work is `backup.py`'s; here are arguments, progress and
 exit codes: 0 done, 1 the storage failed (its message on stderr), 2 bad usage or a refusal
 (a file or counters that would be overwritten, a storage dir in use).
 """
@@ -20,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError, CountersError
+from ..errors import ConfigError, CountersError
 
 if TYPE_CHECKING:
-    from .storage import Storage
+    from ..storage import Storage
 
 __all__ = [
     "BACKUP",
@@ -64,7 +64,7 @@ def _storage_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _storage(arguments: argparse.Namespace) -> Storage:
-    from .settings import Settings  # psycopg loads with it: only for these commands
+    from ..settings import Settings  # psycopg loads with it: only for these commands
 
     flags = {"storage_dir": arguments.storage_dir, "database": arguments.database}
     return Settings.load(**{k: v for k, v in flags.items() if v is not None}).storage()
@@ -126,8 +126,8 @@ def restore_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def restore_command(arguments: argparse.Namespace) -> int:
+    from ..placement import Placement, default_shards
     from .backup import read_backup, restore
-    from .placement import Placement, default_shards
     from .progress import progress_bar
 
     def work() -> str:
@@ -164,9 +164,9 @@ def reshard_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def reshard_command(arguments: argparse.Namespace) -> int:
+    from ..settings import Settings
     from .backup import reshard
     from .progress import progress_bar
-    from .settings import Settings
 
     def work() -> str:
         flags = {} if arguments.storage_dir is None else {"storage_dir": arguments.storage_dir}

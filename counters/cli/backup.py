@@ -36,18 +36,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .applied_log import AppliedOp
-from .errors import ConfigError
-from .placement import Layout, Placement, host_name
-from .progress import Progress, quiet
-from .storage import HostStore, ServiceId, Storage, StorageDir, StoredObject
-from .storage.storage_dir import (
+from ..applied_log import AppliedOp
+from ..errors import ConfigError
+from ..placement import Layout, Placement, host_name
+from ..storage import HostStore, ServiceId, Storage, StorageDir, StoredObject
+from ..storage.storage_dir import (
     LAYOUT_FILE,
     RESHARD_MARK,
     finish_reshard,
     resharding_path,
     sync_folder,
 )
+from .progress import Progress, quiet
 
 __all__ = ["BACKUP_FORMAT", "backup", "read_backup", "reshard", "restore"]
 
