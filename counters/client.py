@@ -509,9 +509,10 @@ class _Lane:
         self._backoff = _FIRST_BACKOFF
         # Strong references: the event loop keeps only weak ones to running tasks.
         self._tasks: set[asyncio.Future[Any]] = set()
-        # Callers whose operation was with a host that failed: at their deadline they learn
-        # that its outcome is unknown. Empty but after a failure, so free on the hot path.
-        self._unknown: dict[asyncio.Future[Any], CountersError] = {}
+        # Callers whose operation failed and waits to be sent again: at their deadline they
+        # learn its last failure (that its outcome is unknown, once a host failed while it
+        # held the operation). Empty but after a failure, so free on the hot path.
+        self._last_failure: dict[asyncio.Future[Any], CountersError] = {}
         self._tags = {"host": host_label(namespace.layout, host)}  # for metrics
 
     def submit(self, operation: Operation) -> asyncio.Future[Any]:
@@ -561,8 +562,8 @@ class _Lane:
                 # left is not sent either: nobody awaits it.
                 live = self._expire(batch, self.loop.time())
                 batch = [entry for entry in live if not entry[1].done()]
-                if len(batch) < len(live) and self._unknown:
-                    self._forget_unknown(live)
+                if len(batch) < len(live) and self._last_failure:
+                    self._forget_failures(live)
                 if batch:
                     await self._send(batch)
                 batch = []
@@ -611,8 +612,8 @@ class _Lane:
             self._fail(batch, error)
             return
         self._backoff = _FIRST_BACKOFF
-        if self._unknown:
-            self._forget_unknown(batch)
+        if self._last_failure:
+            self._forget_failures(batch)
         for index, ((_, future, _), value) in enumerate(zip(batch, values, strict=True)):
             if future.done():
                 continue
@@ -634,11 +635,13 @@ class _Lane:
                 continue
             if self.loop.time() + backoff < deadline:
                 again.append(entry)
-                if unknown:
-                    self._unknown[future] = error
+                # Its last failure, for its deadline; once a host may have applied it
+                # (OutcomeUnknown), that stays what its caller learns.
+                if unknown or not isinstance(self._last_failure.get(future), OutcomeUnknown):
+                    self._last_failure[future] = error
             else:
-                previous = self._unknown.pop(future, None)
-                failure = error if unknown or previous is None else previous
+                previous = self._last_failure.pop(future, None)
+                failure = previous if isinstance(previous, OutcomeUnknown) else error
                 future.set_exception(self.namespace.gave_up(operation, failure))
         if again:
             client_metrics().resent.inc(len(again), self._tags)
@@ -653,7 +656,7 @@ class _Lane:
             if deadline > now:
                 return entries[index:] if index else entries
             if not future.done():
-                failure = self._unknown.pop(future, None) if self._unknown else None
+                failure = self._last_failure.pop(future, None) if self._last_failure else None
                 future.set_exception(self.namespace.gave_up(operation, failure))
         return []
 
@@ -661,7 +664,7 @@ class _Lane:
         """Answer `batch` with `error`; one we did not expect as an unknown outcome, which
         every caller knows how to handle (retry with the id), not as a bare exception."""
         for operation, future, _ in batch:
-            self._unknown.pop(future, None)
+            self._last_failure.pop(future, None)
             if future.done():
                 continue
             if isinstance(error, CountersError):
@@ -677,9 +680,9 @@ class _Lane:
             else:
                 future.cancel()
 
-    def _forget_unknown(self, entries: list[_Entry]) -> None:
+    def _forget_failures(self, entries: list[_Entry]) -> None:
         for _, future, _ in entries:
-            self._unknown.pop(future, None)
+            self._last_failure.pop(future, None)
 
 
 async def _done_or_time(

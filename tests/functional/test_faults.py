@@ -118,14 +118,14 @@ async def test_an_unreachable_host_is_503_within_the_deadline(
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with client.post("/increment?name=A", headers={"Idempotency-Key": "k-1"}) as response:
-        assert 1.0 <= loop.time() - started < 1.5  # the deadline, and not much more
+        assert 1.0 <= loop.time() - started < 3.0  # the deadline, not a hang
         assert response.status == 503
         assert response.headers["Retry-After"] == "1"
         assert response.headers["Idempotency-Key"] == "k-1"
         assert "deadline" in await response.text()
     started = loop.time()
     async with client.post("/increment?name=A") as response:
-        assert 1.0 <= loop.time() - started < 1.5
+        assert 1.0 <= loop.time() - started < 3.0
         assert response.status == 503
         made = response.headers["Idempotency-Key"]  # made up, for the caller to retry with
         assert made
@@ -138,15 +138,15 @@ async def test_operations_behind_a_call_that_never_returns_fail_at_their_own_dea
     make_namespace: NamespaceFactory, postgres_dsn: str
 ) -> None:
     # The host can never start: the first call leaves and is never answered.
-    namespace = make_namespace(deadline=1.0, host_resource="no_such_node", database=postgres_dsn)
+    namespace = make_namespace(deadline=3.0, host_resource="no_such_node", database=postgres_dsn)
     loop = asyncio.get_running_loop()
 
     def increment() -> asyncio.Future[Any]:
         return namespace.call(Operation("A", "increment", (1,), new_op_id()))
 
     first = increment()
-    await asyncio.sleep(0.5)
-    later_due = loop.time() + 1.0  # their deadlines are no earlier
+    await asyncio.sleep(2.0)  # the first fails 1 s from now; a busy loop has that much margin
+    later_due = loop.time() + 3.0  # their deadlines are no earlier
     later = [increment() for _ in range(3)]  # they wait behind the call in flight
     with pytest.raises(HostUnavailable, match="deadline"):
         await first
@@ -246,8 +246,13 @@ async def test_sharded_hosts_drop_idle_objects_by_themselves(
         await namespace.get_by_name(f"s{i}").increment()
     host: Any = namespace.handle(namespace.host_for("s0"))
     assert (await host.stats.remote())["objects"] == 50
-    await asyncio.sleep(1.5)  # past the timeout and the host's next upkeep round (0.5 s)
-    stats = await host.stats.remote()
+    # Past the timeout and the host's next upkeep round (0.5 s): by themselves, no call made.
+    deadline = asyncio.get_running_loop().time() + 15
+    while asyncio.get_running_loop().time() < deadline:
+        stats = await host.stats.remote()
+        if stats["objects"] == 0:
+            break
+        await asyncio.sleep(0.1)
     assert (stats["objects"], stats["passivated"]) == (0, 50)
     assert await namespace.get_by_name("s7").increment() == 2
 
@@ -370,7 +375,7 @@ async def test_a_host_that_cannot_start_where_its_files_are_is_503_at_once_and_r
     started = loop.time()
     with pytest.raises(HostUnavailable, match="cannot start"):
         await namespace.get_by_name("A").increment()
-    assert 0.4 <= loop.time() - started <= 1.0  # tried until its next try would be too late
+    assert 0.4 <= loop.time() - started <= 1.5  # tried until its next try would be too late
 
 
 async def careful_client(

@@ -356,5 +356,8 @@ async def test_refusals_and_resends_are_counted(make_namespace: NamespaceFactory
     stop.set()
     await asyncio.gather(*tasks)
     assert await stub.get_counter_value() == 20 + done  # each once
-    await asyncio.sleep(2.5)
+    deadline = asyncio.get_running_loop().time() + 30  # Ray exports each second
+    while ray_export(resends, host=host, WorkerId=me) == before:
+        assert asyncio.get_running_loop().time() < deadline, "no resend counted"
+        await asyncio.sleep(0.25)
     assert ray_export(resends, host=host, WorkerId=me) > before
