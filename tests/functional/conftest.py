@@ -6,9 +6,11 @@ files, and its host actors are killed afterwards so memory stays flat across the
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,21 @@ NamespaceFactory = Callable[..., Namespace]
 # two cores, 20 of them in about 8.5 s on an idle machine, past the 10 s default deadline on a
 # busy CI one. Such tests are about exactness or recovery, not cold-start latency.
 COLD_START_DEADLINE = 60.0
+
+
+async def wait_for(condition: Callable[[], bool | Awaitable[bool]], seconds: float) -> None:
+    """Until `condition()` (a function or a coroutine function) holds, checked every 0.1 s;
+    the test fails if it does not within `seconds`."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + seconds
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        assert loop.time() < give_up, f"not within {seconds} s"
+        await asyncio.sleep(0.1)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -27,7 +27,12 @@ from counters.errors import CountersError, HostUnavailable, OutcomeUnknown, Over
 from counters.operations import Operation
 from counters.placement import Placement
 from counters.testing import PostgresServer, hosts_of
-from tests.functional.conftest import COLD_START_DEADLINE, NamespaceFactory, gateway_server
+from tests.functional.conftest import (
+    COLD_START_DEADLINE,
+    NamespaceFactory,
+    gateway_server,
+    wait_for,
+)
 
 
 async def test_sigkilled_hosts_lose_nothing_and_apply_nothing_twice(
@@ -180,14 +185,6 @@ def live_hosts(namespace: Namespace) -> list[str]:
     )
 
 
-async def wait_for(condition: Callable[[], bool], seconds: float) -> None:
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + seconds
-    while not condition():
-        assert loop.time() < give_up, f"not within {seconds} s"
-        await asyncio.sleep(0.1)
-
-
 async def test_per_name_actors_are_bounded_at_creation_and_exit_when_idle(
     make_namespace: NamespaceFactory,
 ) -> None:
@@ -246,13 +243,13 @@ async def test_sharded_hosts_drop_idle_objects_by_themselves(
         await namespace.get_by_name(f"s{i}").increment()
     host: Any = namespace.handle(namespace.host_for("s0"))
     assert (await host.stats.remote())["objects"] == 50
+
+    async def emptied() -> bool:
+        return bool((await host.stats.remote())["objects"] == 0)
+
     # Past the timeout and the host's next upkeep round (0.5 s): by themselves, no call made.
-    deadline = asyncio.get_running_loop().time() + 15
-    while asyncio.get_running_loop().time() < deadline:
-        stats = await host.stats.remote()
-        if stats["objects"] == 0:
-            break
-        await asyncio.sleep(0.1)
+    await wait_for(emptied, seconds=15)
+    stats = await host.stats.remote()
     assert (stats["objects"], stats["passivated"]) == (0, 50)
     assert await namespace.get_by_name("s7").increment() == 2
 

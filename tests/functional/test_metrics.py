@@ -24,7 +24,7 @@ from counters.op_ids import new_op_id
 from counters.operations import Operation
 from gateway import Gateway
 
-from .conftest import GatewayTestServer, NamespaceFactory
+from .conftest import GatewayTestServer, NamespaceFactory, wait_for
 
 DASHBOARD = Path(__file__).parents[2] / "grafana" / "counters-dashboard.json"
 TOKEN = "metrics-test-token"
@@ -356,8 +356,6 @@ async def test_refusals_and_resends_are_counted(make_namespace: NamespaceFactory
     stop.set()
     await asyncio.gather(*tasks)
     assert await stub.get_counter_value() == 20 + done  # each once
-    deadline = asyncio.get_running_loop().time() + 30  # Ray exports each second
-    while ray_export(resends, host=host, WorkerId=me) == before:
-        assert asyncio.get_running_loop().time() < deadline, "no resend counted"
-        await asyncio.sleep(0.25)
+    # Ray exports each second.
+    await wait_for(lambda: ray_export(resends, host=host, WorkerId=me) > before, seconds=30)
     assert ray_export(resends, host=host, WorkerId=me) > before
