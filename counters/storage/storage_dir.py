@@ -221,6 +221,9 @@ class StorageDir:
                         os.link(tmp, target)
                 finally:
                     os.unlink(tmp)
+                # The link itself durable too: else a crash could leave host files whose
+                # layout is gone, and the next service might bind another one to them.
+                sync_folder(self.path)
             recorded = json.loads(target.read_text())
         except (OSError, ValueError) as error:
             raise StorageFailed(f"cannot read or write {target}: {error}") from None
