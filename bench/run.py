@@ -122,9 +122,15 @@ def wait_http(url: str, timeout: float = 120) -> None:
 
 
 @contextmanager
-def process(command: list[str], ready_url: str | None, log: Path) -> Iterator[None]:
+def process(
+    command: list[str],
+    ready_url: str | None,
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Iterator[None]:
     with log.open("wb") as out:
-        child = subprocess.Popen(command, stdout=out, stderr=out)
+        child = subprocess.Popen(command, stdout=out, stderr=out, env=env, cwd=cwd)
     try:
         if ready_url:
             wait_http(ready_url)
@@ -266,13 +272,18 @@ def sharded_rounds(
         return rounds(systems, arguments, label, cold=cold)
 
 
-def counters_serve(port: int, storage: Path, placement: str, log: Path, *flags: str) -> Any:
+def counters_serve(
+    port: int, storage: Path, placement: str, log: Path, *flags: str, tree: Path | None = None
+) -> Any:
+    """`counters serve` on a local Ray of its own; from the source in `tree` if given (with
+    this virtualenv's packages), else as installed."""
     where = [] if "--database" in flags else ["--storage-dir", str(storage)]
     command = [
         sys.executable, "-m", "counters", "serve", "--port", str(port),
         *where, "--dashboard-port", "0", "--placement", placement, *flags,
     ]  # fmt: skip
-    return process(command, f"http://127.0.0.1:{port}/healthz", log)
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
+    return process(command, f"http://127.0.0.1:{port}/healthz", log, env, cwd=tree)
 
 
 def python_client_scenarios(arguments: argparse.Namespace, storage: Path) -> list[Result]:

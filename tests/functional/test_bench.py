@@ -16,12 +16,15 @@ pytestmark = pytest.mark.slow
 BENCH = Path(__file__).parents[2] / "bench" / "run.py"
 
 
-@pytest.mark.skipif(
+needs_wrk_and_redis = pytest.mark.skipif(
     not os.environ.get("CI")
     and (shutil.which("wrk") is None or shutil.which("redis-server") is None),
     reason="wrk and redis-server come from Debian's packages (.ci/run installs them; in CI a "
     "missing one fails this test)",
 )
+
+
+@needs_wrk_and_redis
 def test_benchmark_smoke_run_prints_its_table() -> None:
     result = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--duration", "1"],
@@ -72,9 +75,23 @@ def test_pg_commit_bench_compares_both_statements() -> None:
     assert "100 commits of 24 increments over 200 counters, 1 round(s)" in out, out
 
 
-def run_bench(script: str, *arguments: str) -> str:
+@needs_wrk_and_redis
+def test_compare_serves_both_versions_and_gives_each_round_its_ratio() -> None:
+    arguments = ("--backend", "sqlite", "--duration", "1", "--rounds", "1")
+    out = run_bench("compare.py", *arguments, timeout=300)  # two services, a Ray each
+    for system in ("counters base", "counters work tree"):
+        assert re.search(rf"^hot increments +{system} +[\d,]+ ", out, re.MULTILINE), out
+    ratio = re.search(r"^hot increments +counters work tree +[\d,]+ .* ([\d.]+)$", out, re.M)
+    each = re.search(r"^hot increments +([\d.]+)$", out, re.MULTILINE)
+    assert ratio, out
+    assert each, out
+    assert ratio.group(1) == each.group(1), out  # one round: the median is that round's ratio
+    assert "the work tree against HEAD on sqlite" in out, out
+
+
+def run_bench(script: str, *arguments: str, timeout: float = 120) -> str:
     """A bench script's output, once it exited cleanly."""
     command = [sys.executable, str(BENCH.parent / script), *arguments]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
