@@ -10,7 +10,9 @@ service (Ray included, every process SIGKILLed) and starts it again every `--res
 seconds. Then it stops the load and checks that every counter equals the sum of the changes
 acknowledged to the clients: nothing lost, nothing applied twice. Exits 1 if not.
 
-Bounded: the load stops after `--seconds`; an operation still unacknowledged 60 s later fails.
+Bounded: the load stops after `--seconds`, or once `--min-kills` hosts were killed if that
+takes longer (a slow machine spends more of the time restarting), but by 4 x `--seconds` in any
+case; an operation still unacknowledged 60 s later fails.
 """
 
 from __future__ import annotations
@@ -36,6 +38,20 @@ GIVE_UP_AFTER = 60.0
 
 
 @dataclass
+class Load:
+    """How long the load runs: past `until` while fewer than `min_kills` hosts were killed,
+    but never past `stop`."""
+
+    until: float
+    stop: float
+    min_kills: int
+
+    def running(self, report: Report) -> bool:
+        now = time.monotonic()
+        return now < self.until or (report.host_kills < self.min_kills and now < self.stop)
+
+
+@dataclass
 class Report:
     acknowledged: int = 0
     reads: int = 0
@@ -47,11 +63,11 @@ class Report:
 
 
 async def client(
-    base: str, names: list[str], until: float, report: Report, rng: random.Random
+    base: str, names: list[str], load: Load, report: Report, rng: random.Random
 ) -> None:
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        while time.monotonic() < until:
+        while load.running(report):
             name = rng.choice(names)
             if rng.random() < 0.2:
                 await read(session, base, name, report)
@@ -96,11 +112,11 @@ async def read(session: aiohttp.ClientSession, base: str, name: str, report: Rep
 
 
 async def chaos(
-    service: Service, arguments: argparse.Namespace, until: float, report: Report
+    service: Service, arguments: argparse.Namespace, load: Load, report: Report
 ) -> None:
     rng = random.Random(arguments.seed)
     next_restart = time.monotonic() + (arguments.restart_every or float("inf"))
-    while time.monotonic() < until:
+    while load.running(report):
         await asyncio.sleep(arguments.kill_every or 0.5)
         if time.monotonic() >= next_restart:
             await asyncio.to_thread(service.kill_everything)
@@ -135,12 +151,13 @@ async def soak(arguments: argparse.Namespace, storage: Path) -> Report:
     with Service(storage, *flags) as service:
         base = f"http://127.0.0.1:{service.port}"
         names = [f"soak-{i}" for i in range(arguments.names)]
-        until = time.monotonic() + arguments.seconds
+        now = time.monotonic()
+        load = Load(now + arguments.seconds, now + 4 * arguments.seconds, arguments.min_kills)
         rng = random.Random(arguments.seed)
         await asyncio.gather(
-            chaos(service, arguments, until, report),
+            chaos(service, arguments, load, report),
             *(
-                client(base, names, until, report, random.Random(rng.random()))
+                client(base, names, load, report, random.Random(rng.random()))
                 for _ in range(arguments.clients)
             ),
         )
@@ -156,6 +173,9 @@ def main() -> int:
     parser.add_argument("--placement", choices=["sharded", "per-name"], default="sharded")
     parser.add_argument("--kill-every", type=float, default=0.5, help="0: never kill hosts")
     parser.add_argument("--restart-every", type=float, default=0.0, help="0: never restart")
+    parser.add_argument(
+        "--min-kills", type=int, default=0, help="hosts to kill before the load may stop"
+    )
     parser.add_argument("--seed", type=int, default=1)
     arguments = parser.parse_args()
     started = time.monotonic()
