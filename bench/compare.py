@@ -47,7 +47,11 @@ def main() -> int:
     ):
         tmp = Path(tmp_name)
         trees = {BASE: _export(arguments.base, tmp / "base"), WORK: ROOT}
-        databases = _databases(services, len(trees)) if arguments.backend == "postgres" else []
+        databases = (
+            services.enter_context(bench.postgres_databases(len(trees)))
+            if arguments.backend == "postgres"
+            else []
+        )
         systems = {}
         for index, (system, tree) in enumerate(trees.items()):
             port = bench.free_port()
@@ -98,15 +102,6 @@ def _export(revision: str, folder: Path) -> Path:
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(folder, filter="data")
     return folder
-
-
-def _databases(services: contextlib.ExitStack, count: int) -> list[str]:
-    """`count` new databases on one PostgreSQL server of our own, for as long as `services`."""
-    from counters.testing import PostgresServer
-
-    server = PostgresServer().start()
-    services.callback(server.remove)
-    return [server.create_database() for _ in range(count)]
 
 
 if __name__ == "__main__":

@@ -238,13 +238,14 @@ def rounds(
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
-    """A PostgreSQL server of our own for the run (fsync on, as the server ships); its URL."""
+def postgres_databases(count: int = 1) -> Iterator[list[str]]:
+    """A PostgreSQL server of our own for the run (fsync on, as the server ships): the URLs of
+    `count` new databases on it."""
     from counters.testing import PostgresServer
 
     server = PostgresServer().start()
     try:
-        yield server.create_database()
+        yield [server.create_database() for _ in range(count)]
     finally:
         server.remove()
 
@@ -528,7 +529,7 @@ def main() -> int:
             on_files = ("counters sharded", "sharded", ())
             results += sharded_rounds(arguments, references, tmp, *on_files, cold=cold)
         if arguments.backend in ("both", "postgres"):
-            database = references_up.enter_context(postgres_server())
+            [database] = references_up.enter_context(postgres_databases())
             on_postgres = ("counters postgres", "postgres", ("--database", database))
             results += sharded_rounds(arguments, references, tmp, *on_postgres)
         references_up.close()
